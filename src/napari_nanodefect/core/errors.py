@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import struct
+from typing import Iterator
 
 
 class NanodefectError(Exception):
@@ -17,3 +20,26 @@ class NanodefectError(Exception):
         self.path = None if path is None else os.fspath(path)
         self.problem = message
         super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+class CorruptFile(Exception):
+    """Raised inside our binary parsers; :func:`translate_read_errors` turns it into a
+    :class:`NanodefectError` with the file name."""
+
+
+@contextlib.contextmanager
+def translate_read_errors(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Turn parser and library exceptions raised while reading ``path`` into one clear
+    :class:`NanodefectError` (``what`` names the format, e.g. ``"JEOL .img file"``)."""
+    try:
+        yield
+    except NanodefectError:
+        raise
+    except CorruptFile as exc:
+        raise NanodefectError(str(exc), path) from None
+    except OSError as exc:
+        raise NanodefectError(f"cannot read the file: {exc.strerror or exc}", path) from None
+    except MemoryError:
+        raise NanodefectError("not enough memory to read the image", path) from None
+    except (ValueError, TypeError, IndexError, KeyError, OverflowError, struct.error, RecursionError) as exc:
+        raise NanodefectError(f"corrupt {what} ({type(exc).__name__}: {exc})", path) from None

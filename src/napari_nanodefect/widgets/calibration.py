@@ -50,14 +50,15 @@ class CalibrationWidget(QWidget):
         self.source_label.setWordWrap(True)
         self.region_label = QLabel()
         self.scalebar_label = QLabel()
-        self.scalebar_label.setWordWrap(True)
+        for label in (self.size_label, self.region_label, self.scalebar_label):
+            label.setWordWrap(True)
         self.spin = QDoubleSpinBox()
         self.spin.setDecimals(5)
         self.spin.setRange(1e-5, 1e9)
         self.spin.setSuffix(" nm/px")
         self.apply_btn = QPushButton("Set")
         self.bar_text = QLineEdit()
-        self.bar_text.setPlaceholderText("scale bar says, e.g. 500 nm")
+        self.bar_text.setPlaceholderText("e.g. 500 nm")
         self.draw_btn = QPushButton("Draw line")
         self.use_line_btn = QPushButton("Use line")
         self.status = QLabel()
@@ -121,11 +122,11 @@ class CalibrationWidget(QWidget):
         vr = info.get("valid_region")
         bar = info.get("info_bar")
         self.region_label.setText(
-            "—" if not vr else f"rows {vr['y0']}:{vr['y1']}, cols {vr['x0']}:{vr['x1']}" + (f" (info bar: {bar['height']} rows)" if bar else "")
+            "—" if not vr else f"rows {vr['y0']}:{vr['y1']}, cols {vr['x0']}:{vr['x1']}" + (f"\n(info bar of {bar['height']} rows excluded)" if bar else "")
         )
         sb = info.get("scale_bar")
         self.scalebar_label.setText(
-            "none found" if not sb else f"{sb['length_px']:.1f} px" + (f" = {sb['value']:g} {sb['unit']}" if sb.get("value") else " (type its value and press Use line, or draw)")
+            "none found" if not sb else f"{sb['length_px']:.1f} px" + (f" = {sb['value']:g} {sb['unit']}" if sb.get("value") else "\n(type its value below, press Use line)")
         )
         if ps:
             self.spin.setValue(ps)

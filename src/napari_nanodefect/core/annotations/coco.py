@@ -44,7 +44,7 @@ from ..errors import NanodefectError
 from . import geometry
 from ._image import image_size
 from .labelme import _load_json, _num, _relpath
-from .model import AnnotationSet, Crop, LineAnnotation, ObjectAnnotation, PointAnnotation
+from .model import AnnotationSet, Crop, LineAnnotation, ObjectAnnotation, PointAnnotation, positive_int
 
 _ANN_KEYS = {"id", "image_id", "category_id", "segmentation", "area", "bbox", "iscrowd", "score", "attributes",
              "instance_id", "description", "shape_type", "circle", "polyline", "width_px", "point", "radius"}
@@ -211,9 +211,7 @@ def read_coco(path: str | os.PathLike, images: str | os.PathLike | None = None, 
         for key, attr in (("height", "image_height"), ("width", "image_width")):
             v = im.get(key)
             if v is not None:
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 or int(v) != v:
-                    raise NanodefectError(f"image {im['id']!r}: {key!r} must be a positive integer, got {v!r}", path)
-                setattr(aset, attr, int(v))
+                setattr(aset, attr, positive_int(v, f"image {im['id']!r}: {key!r}", path))
         if aset.image_shape is None and fn:
             hw = image_size(aset.resolve_image_path())
             if hw is not None:

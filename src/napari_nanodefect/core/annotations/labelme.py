@@ -59,6 +59,7 @@ from .model import (
     PointAnnotation,
     is_crop_label,
     is_point_label,
+    positive_int,
 )
 
 #: version string written to new files (the JSON layout of labelme 5.x, read by 6.x)
@@ -116,9 +117,7 @@ def labelme_dict_to_set(data: Any, path: Path | None = None) -> AnnotationSet:
     for key, attr in (("imageHeight", "image_height"), ("imageWidth", "image_width")):
         v = data.get(key)
         if v is not None:
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 or int(v) != v:
-                raise NanodefectError(f"'{key}' must be a positive integer, got {v!r}", path)
-            setattr(aset, attr, int(v))
+            setattr(aset, attr, positive_int(v, f"'{key}'", path))
     if data.get("imageData"):
         try:
             aset.image_data = base64.b64decode(data["imageData"], validate=False)

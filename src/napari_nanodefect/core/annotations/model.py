@@ -53,11 +53,19 @@ from typing import Any
 import numpy as np
 
 from . import geometry
+from ..errors import NanodefectError
 
 #: rectangle labels that mark fully annotated training regions (compared lower-case)
 CROP_LABELS = frozenset({"crop", "roi"})
 #: circle labels that make a point (with radius) instead of a round object (lower-case)
 POINT_LABELS = frozenset({"point", "points", "site", "sites"})
+
+
+def positive_int(value: Any, what: str, path: Any = None) -> int:
+    """``value`` as an int; :class:`NanodefectError` unless it is a positive whole number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or int(value) != value:
+        raise NanodefectError(f"{what} must be a positive integer, got {value!r}", path)
+    return int(value)
 
 
 def is_crop_label(label: str) -> bool:

@@ -43,7 +43,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ..errors import NanodefectError
+from ..errors import CorruptFile, translate_read_errors
 from ..micrograph import Micrograph, from_array, unit_to_nm
 
 VENDOR = "Gatan DigitalMicrograph"
@@ -98,8 +98,7 @@ MAX_TAG_METADATA = 400  # flattened ImageTags entries kept in the metadata
 MAX_TEXT = 200  # characters of one metadata string
 
 
-class _Corrupt(Exception):
-    """Raised inside the parser; :func:`read_dm` turns it into a :class:`NanodefectError`."""
+_Corrupt = CorruptFile  # parser errors; translate_read_errors names the file
 
 
 @dataclass
@@ -626,20 +625,12 @@ def read_dm(path: str | os.PathLike, plane: int = 0) -> Micrograph:
         pixel type; the message names the file.
     """
     p = Path(path)
-    try:
+    with translate_read_errors(p, "DigitalMicrograph file"):
         size = p.stat().st_size
         with open(p, "rb") as fh:
             root, header = parse_dm(fh, size)
             index, entry, n_images = pick_main_image(root)
             array, info = read_image_array(fh, entry, header["endian"])
-    except _Corrupt as exc:
-        raise NanodefectError(str(exc), p) from None
-    except OSError as exc:
-        raise NanodefectError(f"cannot read the file: {exc.strerror or exc}", p) from None
-    except MemoryError:
-        raise NanodefectError("not enough memory to read the image", p) from None
-    except (ValueError, TypeError, IndexError, KeyError, OverflowError, struct.error, RecursionError) as exc:
-        raise NanodefectError(f"corrupt DigitalMicrograph file ({type(exc).__name__}: {exc})", p) from None
     md = build_metadata(header, entry, index, n_images, info)
     cals = md["calibrations"]
     sx = axis_size_nm(cals[0] if cals else None)

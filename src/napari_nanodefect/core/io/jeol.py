@@ -34,7 +34,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ..errors import NanodefectError
+from ..errors import CorruptFile, translate_read_errors
 from ..micrograph import Micrograph, from_array
 
 VENDOR = "JEOL"
@@ -68,8 +68,7 @@ MAX_ENTRIES = 1_000_000
 EPOCH = datetime(1899, 12, 30)
 
 
-class _Corrupt(Exception):
-    """Raised inside the parser; :func:`read_jeol_img` turns it into a :class:`NanodefectError`."""
+_Corrupt = CorruptFile  # parser errors; translate_read_errors names the file
 
 
 class _Leaf:
@@ -302,19 +301,11 @@ def read_jeol_img(path: str | os.PathLike, plane: int = 0) -> Micrograph:
     NanodefectError : not a JEOL .img file, truncated or corrupt; the message names the file.
     """
     p = Path(path)
-    try:
+    with translate_read_errors(p, "JEOL .img file"):
         size = p.stat().st_size
         with open(p, "rb") as fh:
             pre, tree = read_header(fh, size)
         array = image_array(tree)
-    except _Corrupt as exc:
-        raise NanodefectError(str(exc), p) from None
-    except OSError as exc:
-        raise NanodefectError(f"cannot read the file: {exc.strerror or exc}", p) from None
-    except MemoryError:
-        raise NanodefectError("not enough memory to read the image", p) from None
-    except (ValueError, TypeError, IndexError, KeyError, OverflowError, struct.error) as exc:
-        raise NanodefectError(f"corrupt JEOL .img file ({type(exc).__name__}: {exc})", p) from None
     ps = pixel_size_nm(tree, array.shape[1])
     return from_array(
         array,
