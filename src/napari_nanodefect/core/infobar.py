@@ -100,6 +100,11 @@ def _row_stats(block: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         win = c[:, 5:] - c[:, :-5]  # win[:, v] = pixels within v-2 .. v+2
         mode = hist.argmax(axis=1)  # the exact modal grey level; the fraction counts +-2 around it
         return win[np.arange(n), mode] / float(w), mode.astype(np.float64), 2.0
+    # exact modes by sorting, a few hundred rows at a time to bound the temporaries
+    chunk = max(1, 2_000_000 // w)
+    if n > chunk:
+        parts = [_row_stats(block[i : i + chunk]) for i in range(0, n, chunk)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), 0.0
     s = np.sort(block, axis=1).ravel()
     brk = np.ones(s.size, dtype=bool)
     brk[1:] = s[1:] != s[:-1]
@@ -164,16 +169,17 @@ def detect_info_bar(data: np.ndarray, vendor: str | None = None) -> dict | None:
     n = len(block)
     flat_frac, mode, tol = _row_stats(block)
     flat = flat_frac >= FLAT_FRACTION
-    norm = _normalised(block)
-    # median absolute change between consecutive rows: step[i] is between rows i-1 and i
-    step = np.zeros(n, dtype=np.float32)
-    step[1:] = np.median(np.abs(np.diff(norm, axis=0)), axis=1)
     vendor_hint = bool(vendor) and any(v in str(vendor).lower() for v in BAR_VENDORS)
 
     # --- 2. background run touching the bottom -------------------------------------
     M = _bar_mode(flat, mode, tol, slice(max(0, n - max(min_h, 8)), n))
     if M is None:
         return None
+    # (computed only now: most images have no flat band at the bottom and return above)
+    norm = _normalised(block)
+    # median absolute change between consecutive rows: step[i] is between rows i-1 and i
+    step = np.zeros(n, dtype=np.float32)
+    step[1:] = np.median(np.abs(np.diff(norm, axis=0)), axis=1)
     bar = flat & (np.abs(mode - M) <= tol)  # background rows of the bar
     line = flat & ~bar  # rows of another flat value: frame and separator lines
     lowest = None
