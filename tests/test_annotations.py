@@ -401,7 +401,7 @@ def test_real_creme_coco(tmp_path):
     assert sum(len(s.objects) for s in sets) == 186
     assert {o.label for s in sets for o in s.objects} == {"hcloop"}
     assert all(s.image_shape == (512, 512) for s in sets)
-    assert sets[0].resolve_image_path() == (path.parent / "imgs" / "1.png").resolve()
+    assert sets[0].resolve_image_path().resolve() == (path.parent / "imgs" / "1.png").resolve()
     assert all(s.resolve_image_path().is_file() for s in sets)
     pytest.importorskip("pycocotools")
     from pycocotools.coco import COCO
