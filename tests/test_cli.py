@@ -41,34 +41,79 @@ def test_python_dash_m():
     assert out.returncode == 0 and "napari-nanodefect" in out.stdout
 
 
-def test_demo_writes_consistent_outputs(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path)]) == 0
-    printed = capsys.readouterr().out
-    assert "pixel size 0.5 nm" in printed
-    labels = read_label_tiff(tmp_path / "demo_truth_labels.tif")
-    n = int(len(np.unique(labels.labels)) - 1)
-    (truth,) = read_coco(tmp_path / "demo_truth.coco.json")
-    assert len(truth.objects) == n and f"count      {n} particles" in printed
-    crops = read_labelme(tmp_path / "demo.json")
-    assert len(crops.crops) == 2 and 20 <= len(crops.objects) <= 50
-    rows = (tmp_path / "particles.csv").read_text().splitlines()
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    """One short demo run shared by the tests below (fine-tuning 8 s)."""
+    from napari_nanodefect.demo import run_demo
+
+    out = tmp_path_factory.mktemp("demo")
+    result = run_demo(out, time_budget_s=8.0, verbose=False)
+    return out, result
+
+
+def test_demo_writes_consistent_outputs(demo_dir):
+    out, result = demo_dir
+    labels = read_label_tiff(out / "demo_labels.tif")
+    n = int(labels.labels.max())
+    assert n == result["count"] > 0
+    (coco,) = read_coco(out / "predictions.coco.json")
+    assert len(coco.objects) == n
+    assert len(read_labelme(out / "demo.json").objects) == n
+    crops = read_labelme(out / "demo_crops.json")
+    assert len(crops.crops) == 2 and 20 <= len(crops.objects) <= 70
+    rows = (out / "particles.csv").read_text().splitlines()
     assert rows[0].startswith("label,class,area_nm2,ecd_nm") and len(rows) == n + 1
-    ecd = np.array([float(r.split(",")[3]) for r in rows[1:]])
+    ecd = np.sort([float(r.split(",")[3]) for r in rows[1:]])
     area_px = np.bincount(labels.labels.ravel())[1:]
-    area_px = area_px[area_px > 0]
-    np.testing.assert_allclose(np.sort(ecd), np.sort(2 * np.sqrt(area_px * 0.25 / np.pi)), rtol=1e-4)
-    assert f"median D   {np.median(ecd):.2f} nm" in printed
-    assert (tmp_path / "histogram.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    np.testing.assert_allclose(ecd, np.sort(2 * np.sqrt(area_px[area_px > 0] * 0.25 / np.pi)), rtol=1e-4)
+    assert result["median_ecd_nm"] == pytest.approx(np.median(ecd))
+    assert (out / "histogram.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the fine-tuned starter finds the particles of the synthetic image
+    assert result["f1"] >= 0.8, result
+    assert abs(result["median_ecd_nm"] - result["true_median_ecd_nm"]) / result["true_median_ecd_nm"] < 0.1
 
 
-def test_convert_cli_roundtrip(tmp_path, capsys):
-    main(["demo", "--out", str(tmp_path / "d")])
-    capsys.readouterr()
-    assert main(["convert", str(tmp_path / "d" / "demo.json"), "--to", "coco", "--out", str(tmp_path / "c.json")]) == 0
+def test_models_default(capsys):
+    assert main(["models", "--default"]) == 0
+    path = capsys.readouterr().out.strip()
+    cfg = json.loads((__import__("pathlib").Path(path) / "config.json").read_text())
+    assert cfg["format"] == "napari-nanodefect-model" and cfg["classes"] == ["particle"]
+    size = sum(f.stat().st_size for f in __import__("pathlib").Path(path).iterdir())
+    assert size <= 20 * 2**20
+
+
+def test_train_and_predict_cli(demo_dir, tmp_path, capsys):
+    out, _ = demo_dir
+    assert main(["train", str(out / "demo_crops.json"), "--out", str(tmp_path / "m"), "--time-budget", "3",
+                 "--quiet", "--seed", "1"]) == 0
+    assert "saved" in capsys.readouterr().out
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["training"]["base"] == "starter" and cfg["pixel_size_nm"] > 0
+    assert main(["predict", str(tmp_path / "m"), str(out / "demo.tif"), "--out", str(tmp_path / "p"), "--quiet"]) == 0
+    lab = read_label_tiff(tmp_path / "p" / "demo_labels.tif")
+    assert lab.labels.shape == (768, 768) and lab.pixel_size_nm == pytest.approx(0.5)
+    lm = json.loads((tmp_path / "p" / "demo.json").read_text())
+    assert len(lm["shapes"]) == lab.n_objects and lm["imagePath"].endswith("demo.tif")
+    pycoco = pytest.importorskip("pycocotools.coco")
+    coco = pycoco.COCO(str(tmp_path / "p" / "predictions.coco.json"))
+    masks = [coco.annToMask(a) for a in coco.loadAnns(coco.getAnnIds())]
+    assert len(masks) == lab.n_objects
+    assert sum(int(m.sum()) for m in masks) == int(np.count_nonzero(lab.labels))
+
+
+def test_predict_cli_bad_model(tmp_path, capsys):
+    (tmp_path / "m").mkdir()
+    assert main(["predict", str(tmp_path / "m"), "x.tif", "--out", str(tmp_path / "o")]) == 2
+    assert "config.json is missing" in capsys.readouterr().err
+
+
+def test_convert_cli_roundtrip(demo_dir, tmp_path, capsys):
+    out, _ = demo_dir
+    assert main(["convert", str(out / "demo_crops.json"), "--to", "coco", "--out", str(tmp_path / "c.json")]) == 0
     assert main(["convert", str(tmp_path / "c.json"), "--to", "labels", "--out", str(tmp_path / "lab")]) == 0
     written = capsys.readouterr().out.split()
     lab = read_label_tiff(written[-1])
-    src = read_labelme(tmp_path / "d" / "demo.json")
+    src = read_labelme(out / "demo_crops.json")
     assert lab.n_objects == len(src.objects)
     # areas survive: label pixels == rasterised polygon areas
     assert np.count_nonzero(lab.labels) == pytest.approx(sum(o.area for o in src.objects), rel=0.01)

@@ -5,6 +5,10 @@ Sub-commands (``nanodefect COMMAND --help`` for each):
 - ``info FILE... [--json]``: pixel size and where it came from, vendor, analysed plane,
   info bar (valid region) and scale bar.
 - ``convert IN --to coco|labelme|labels --out OUT``: LabelMe <-> COCO <-> label TIFFs.
+- ``train ANN.json... --out MODEL_DIR``: fine-tune the starter model (or train one) on crops.
+- ``predict MODEL_DIR IMAGE... --out DIR``: tiled whole-image segmentation, label TIFF,
+  LabelMe and COCO outputs.
+- ``models [--default]``: the shipped models.
 - ``demo [--out DIR]``: runs the pipeline on a built-in synthetic micrograph.
 
 Errors in the user's input print one line ``nanodefect: error: FILE: problem`` and exit
@@ -74,10 +78,85 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .core.segment.train import train
+
+    base = {"starter": "starter", "none": None}.get(str(args.base).lower(), args.base)
+    budget = args.time_budget if args.epochs is None else None
+
+    def report(p) -> None:
+        val = "" if p.val_loss is None else f"  val loss {p.val_loss:.3f}"
+        f1 = "" if p.val_f1 is None else f"  val F1 {p.val_f1:.3f}"
+        eta = "" if p.eta_s is None else f"  ETA {p.eta_s:4.0f} s"
+        print(f"epoch {p.epoch:6.2f}  it {p.iteration:5d}  loss {p.train_loss:.3f}{val}{f1}{eta}{'  *' if p.improved else ''}",
+              flush=True)
+
+    res = train(args.annotations, args.out, base=base, images=args.images, time_budget_s=budget, epochs=args.epochs,
+                device=args.device, seed=args.seed, progress=None if args.quiet else report)
+    s = res.summary
+    print(f"saved {res.path}: {s['iterations']} iterations in {s['loop_seconds']:.1f} s on {s['device']}, "
+          f"best val loss {s['best_val_loss'] if s['best_val_loss'] is None else round(s['best_val_loss'], 4)}, "
+          f"best val F1 {s['best_val_f1'] if s['best_val_f1'] is None else round(s['best_val_f1'], 3)}, "
+          f"classes {res.model.config.classes}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .core.segment.model import load_model
+    from .core.segment.outputs import predict_files
+
+    model = load_model(None if args.model in ("starter", "default") else args.model, device=args.device)
+    scale = "auto" if args.scale == "auto" else float(args.scale)
+    bars = []
+
+    def on_image(path, i, n):
+        if args.quiet:
+            return None
+        bar = tqdm(total=0, desc=f"[{i + 1}/{n}] {path.name}", unit="tile", leave=True)
+        bars.append(bar)
+
+        def cb(done, total):
+            if bar.total != total:
+                bar.reset(total=total)
+            bar.n = done
+            bar.refresh()
+        return cb
+
+    kwargs = {"scale": scale}
+    if args.pixel_size is not None:
+        kwargs["pixel_size_nm"] = args.pixel_size
+    if args.tile:
+        kwargs["tile_size"] = args.tile
+    if args.overlap is not None:
+        kwargs["overlap"] = args.overlap
+    results, coco = predict_files(model, args.images, args.out, on_image=on_image, **kwargs)
+    for b in bars:
+        b.close()
+    for r in results:
+        print(f"{r.image.name}: {r.count} objects (scale {r.prediction.scale:.3g}, {r.prediction.scale_source}) -> "
+              f"{r.labels.name}, {r.labelme.name}")
+    print(f"COCO: {coco}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .core.segment.model import default_model_dir, read_config
+
+    path = default_model_dir()
+    if args.default:
+        print(path)
+        return 0
+    cfg = read_config(path)
+    print(f"starter (default): {path}\n  {cfg.arch}/{cfg.encoder}, classes {cfg.classes}, objects at ~{cfg.object_diameter_px:g} px")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(Path(args.out), seed=args.seed)
+    run_demo(Path(args.out), seed=args.seed, time_budget_s=args.time_budget)
     return 0
 
 
@@ -104,9 +183,40 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--images", default=None, metavar="DIR", help="folder with the images COCO refers to")
     s.set_defaults(func=cmd_convert)
 
+    s = sub.add_parser("train", help="fine-tune a particle model on annotated crops (LabelMe or COCO)")
+    s.add_argument("annotations", nargs="+", metavar="ANN.json", help="LabelMe files/folders or COCO files")
+    s.add_argument("--out", required=True, metavar="MODEL_DIR")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--time-budget", type=float, default=60.0, metavar="S", help="seconds of training (default 60)")
+    g.add_argument("--epochs", type=int, default=None, metavar="N")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--from", dest="base", default="starter", metavar="MODEL_DIR",
+                   help="start from this model (default: the shipped starter; 'none' = a new model)")
+    s.add_argument("--images", default=None, metavar="DIR", help="folder of the images a COCO file refers to")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("predict", help="segment whole images tile by tile")
+    s.add_argument("model", metavar="MODEL_DIR", help="a model folder, or 'starter'")
+    s.add_argument("images", nargs="+", metavar="IMAGE")
+    s.add_argument("--out", required=True, metavar="DIR")
+    s.add_argument("--scale", default="auto", help="network px per image px, or auto (default)")
+    s.add_argument("--pixel-size", type=float, default=None, metavar="NM", help="pixel size of the images (nm)")
+    s.add_argument("--tile", type=int, default=None, help="tile size in network px (default from the model)")
+    s.add_argument("--overlap", type=int, default=None, help="tile overlap in network px")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("models", help="the shipped models")
+    s.add_argument("--default", action="store_true", help="print the starter model's folder")
+    s.set_defaults(func=cmd_models)
+
     s = sub.add_parser("demo", help="run the pipeline on a built-in synthetic micrograph")
     s.add_argument("--out", default="nanodefect-demo", help="output folder (default ./nanodefect-demo)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--time-budget", type=float, default=45.0, metavar="S", help="fine-tuning seconds (default 45)")
     s.set_defaults(func=cmd_demo)
     return p
 

@@ -1,0 +1,107 @@
+"""Prediction speed and memory (issue 3 targets), measured in one run:
+
+1. a 2048x2048 synthetic micrograph (particles at the model's trained size), read from
+   disk, predicted and all outputs written (label TIFF, LabelMe, COCO), versus a bare
+   smp Unet(resnet18) forward pass over the same pixels in 16 tiles of 512x512
+   (random init, inference_mode, batch 4) -> ratio, target <= 1.0;
+2. an 8192x8192 image predicted and its label TIFF written, in a fresh process:
+   peak RSS (VmHWM), target <= 2 GiB.
+
+    python benchmarks/bench_predict.py [--model DIR] [--skip-8k]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_nanodefect.core.io.write import write_tiff
+from napari_nanodefect.core.segment import load_model
+from napari_nanodefect.core.segment.outputs import predict_files
+from napari_nanodefect.core.synthetic import make_particles
+
+
+def bare_unet_seconds(size: int = 2048, tile: int = 512, batch: int = 4, repeats: int = 2) -> float:
+    import segmentation_models_pytorch as smp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = smp.Unet("resnet18", encoder_weights=None, in_channels=1, classes=2).eval()
+    n = (size // tile) ** 2
+    x = torch.randn(batch, 1, tile, tile)
+    best = float("inf")
+    with torch.inference_mode():
+        net(x)
+        for _ in range(repeats):
+            t = time.perf_counter()
+            for _ in range(n // batch):
+                net(x)
+            best = min(best, time.perf_counter() - t)
+    return best
+
+
+def synthetic(size: int, d_px: float, seed: int = 0) -> np.ndarray:
+    n = int(size * size * 0.12 / (np.pi * (d_px / 2) ** 2))
+    return make_particles(shape=(size, size), n=n, median_diameter_nm=d_px * 0.5, pixel_size_nm=0.5,
+                          seed=seed, touching=0.2).image
+
+
+PEAK_CODE = r"""
+import re, sys, time
+def hwm():
+    return int(re.search(r'VmHWM:\s+(\d+)', open('/proc/self/status').read()).group(1)) / 2**20
+from napari_nanodefect.core.segment import load_model
+from napari_nanodefect.core.segment.predict import predict_image
+from napari_nanodefect.core.segment.outputs import write_prediction
+model = load_model(sys.argv[1] if sys.argv[1] != '-' else None, device='cpu')
+base = hwm(); t = time.perf_counter()
+pred = predict_image(model, sys.argv[2], scale=1.0)
+write_prediction(pred, sys.argv[2], sys.argv[3])
+print(base, hwm(), time.perf_counter() - t, pred.count)
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--skip-8k", action="store_true")
+    args = ap.parse_args()
+    model = load_model(args.model, device="cpu")
+    d0 = model.config.object_diameter_px
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        img = write_tiff(tmp / "p2048.tif", synthetic(2048, d0), pixel_size_nm=None)
+        bare = bare_unet_seconds()
+        t = time.perf_counter()
+        results, coco = predict_files(model, [img], tmp / "out", scale=1.0)
+        ours = time.perf_counter() - t
+        r = results[0]
+        print(f"2048x2048: ours {ours:.2f} s (network {r.prediction.seconds['network']:.2f} s, "
+              f"instances {r.prediction.seconds['instances']:.2f} s, {r.count} objects, all outputs written) | "
+              f"bare Unet(resnet18) 16x512^2 forward {bare:.2f} s | ratio {ours / bare:.2f} (target <= 1.0)")
+        t = time.perf_counter()
+        results, _ = predict_files(model, [img], tmp / "out_auto", scale="auto")
+        auto = time.perf_counter() - t
+        print(f"           with automatic scale: {auto:.2f} s ({results[0].prediction.scale_source}) | ratio {auto / bare:.2f}")
+        if not args.skip_8k:
+            big = write_tiff(tmp / "p8192.tif", synthetic(8192, d0, seed=1), pixel_size_nm=None)
+            out = subprocess.run([sys.executable, "-c", PEAK_CODE, args.model or "-", str(big), str(tmp / "out8k")],
+                                 capture_output=True, text=True)
+            if out.returncode != 0:
+                print(out.stderr[-2000:])
+                raise SystemExit(1)
+            base, peak, secs, count = map(float, out.stdout.split()[-4:])
+            print(f"8192x8192: peak RSS {peak:.2f} GiB (after imports and model load {base:.2f} GiB), "
+                  f"{secs:.0f} s, {int(count)} objects, labels written (target <= 2 GiB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Train the shipped starter particle model (src/napari_nanodefect/models/starter-particles).
+
+    python scripts/train_starter.py --minutes 25 [--out DIR] [--seed 0]
+
+Data: the project's own synthetic micrographs (core.synthetic.random_micrograph: HAADF,
+bright-field, SEM and STM-like renderings, sizes 5-80 px, sparse to crowded, touching and
+overlapping particles, weak to strong noise), regenerated every round, plus MIT-licensed
+real sets from ../shared when present:
+
+- creme (ds25s fov200nm, COCO polygons of dislocation loops in BF-TEM, MIT),
+- insitu-TEM-annealing-Ti (YOLO-segmentation polygons of defect clusters, BF-TEM, MIT).
+
+stem-catalyst-nanoparticles (also MIT) is deliberately NOT used: it is the few-shot
+benchmark set (benchmarks/bench_fewshot.py), and a starter that had seen it would make
+that benchmark meaningless. Every image is rescaled so its median object is
+``object_diameter_px`` wide (the scale normalisation the model relies on); polarity is
+flipped at random so the model handles bright and dark particles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import REAL  # noqa: E402
+
+from napari_nanodefect.core.annotations import labels_to_set, objects_to_labels, read_coco  # noqa: E402,F401
+from napari_nanodefect.core.io import read_image  # noqa: E402
+from napari_nanodefect.core.segment.config import ModelConfig  # noqa: E402
+from napari_nanodefect.core.segment.data import PatchSampler, region_from_labels  # noqa: E402
+from napari_nanodefect.core.segment.model import build_model, resolve_device, save_model  # noqa: E402
+from napari_nanodefect.core.segment.train import TrainProgress, fit, seed_everything  # noqa: E402
+from napari_nanodefect.core.synthetic import random_micrograph  # noqa: E402
+
+DEFAULT_OUT = ROOT / "src" / "napari_nanodefect" / "models" / "starter-particles"
+
+
+def median_d(labels: np.ndarray) -> float | None:
+    a = np.bincount(labels.ravel())[1:]
+    a = a[a > 0]
+    return float(np.median(2 * np.sqrt(a / np.pi))) if a.size else None
+
+
+def synthetic_regions(n: int, seed: int, d0: float, max_side: int = 320) -> list:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        s = random_micrograph(rng, shape=(256, 256))
+        d = median_d(s.labels)
+        if d is None:
+            continue
+        scale = float(np.clip(d0 / d, 0.3, 4.0))
+        img, lab = s.image, s.labels
+        side = int(max_side / scale)
+        if side < img.shape[0]:  # keep scaled regions small: crop before upscaling
+            y0, x0 = rng.integers(0, img.shape[0] - side + 1, size=2)
+            img, lab = img[y0 : y0 + side, x0 : x0 + side], lab[y0 : y0 + side, x0 : x0 + side]
+        out.append(region_from_labels(img, lab, scale, val_fraction=0.0, name=f"synthetic{i}"))
+    return out
+
+
+def tiles(img: np.ndarray, lab: np.ndarray, d0: float, name: str, rng: np.random.Generator,
+          per_image: int = 8, side: int = 384) -> list:
+    """Up to ``per_image`` random tiles (``side`` px after scaling) of one labelled image;
+    every fourth tile holds validation cells."""
+    d = median_d(lab)
+    if not d:
+        return []
+    scale = d0 / d
+    t = max(32, int(side / scale))
+    H, W = img.shape
+    out = []
+    for k in range(per_image):
+        y0 = int(rng.integers(0, max(H - t, 0) + 1))
+        x0 = int(rng.integers(0, max(W - t, 0) + 1))
+        sl = (slice(y0, y0 + t), slice(x0, x0 + t))
+        if lab[sl].max() == 0:
+            continue
+        out.append(region_from_labels(img[sl], lab[sl], scale, val_fraction=0.25 if k % 4 == 0 else 0.0,
+                                      seed=k, name=f"{name}#{k}"))
+    return out
+
+
+def real_regions(d0: float, seed: int = 0) -> list:
+    rng = np.random.default_rng(seed)
+    regions = []
+    creme = REAL / "creme" / "data" / "ds25s" / "fov200nm" / "clean.json"
+    if creme.exists():
+        for aset in read_coco(creme):
+            img = read_image(aset.resolve_image_path(), detect_scale_bar=False).data
+            lab = objects_to_labels(aset.objects, img.shape).labels
+            regions += tiles(img, lab, d0, f"creme/{aset.image_path}", rng, per_image=2)
+    ti = REAL / "insitu-TEM-annealing-Ti" / "Polygon Annotation Analysis"
+    for txt in sorted((ti / "Annotation Data New").glob("*.txt")) if ti.exists() else []:
+        jpg = ti / "Raw Images" / (txt.stem + ".jpg")
+        if not jpg.exists():
+            continue
+        img = read_image(jpg, detect_scale_bar=False, detect_info_bar=False).data
+        lab = yolo_polygons_to_labels(txt, img.shape)
+        regions += tiles(img, lab, d0, f"insitu/{jpg.name}", rng, per_image=8)
+    return regions
+
+
+def yolo_polygons_to_labels(txt: Path, shape: tuple[int, int]) -> np.ndarray:
+    from napari_nanodefect.core.annotations import ObjectAnnotation
+
+    H, W = shape
+    objs = []
+    for line in txt.read_text().splitlines():
+        v = line.split()
+        if len(v) < 7:
+            continue
+        xy = np.asarray(v[1:], float).reshape(-1, 2) * [W, H]
+        objs.append(ObjectAnnotation("particle", xy))
+    return objects_to_labels(objs, shape).labels
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=25.0)
+    ap.add_argument("--rounds", type=int, default=4, help="fresh synthetic data each round")
+    ap.add_argument("--synthetic", type=int, default=240, help="synthetic images per round")
+    ap.add_argument("--out", default=str(DEFAULT_OUT))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    seed_everything(args.seed)
+    dev = resolve_device(args.device)
+    cfg = ModelConfig(classes=["particle"])
+    module = build_model(cfg, encoder_weights="auto")
+    t0 = time.perf_counter()
+    real = real_regions(cfg.object_diameter_px, args.seed)
+    print(f"real regions: {len(real)} ({', '.join(sorted({r.name.split('/')[0] for r in real})) or 'none'})", flush=True)
+    history = []
+    per_round = args.minutes * 60 / args.rounds
+    for rnd in range(args.rounds):
+        syn = synthetic_regions(args.synthetic, args.seed * 1000 + rnd, cfg.object_diameter_px)
+        regions = syn + real
+        sampler = PatchSampler(regions, patch=128, seed=args.seed + rnd, scale_jitter=0.35, invert_p=0.5)
+        lr = 2e-3 if rnd == 0 else 1e-3 / rnd
+        print(f"round {rnd + 1}/{args.rounds}: {len(syn)} synthetic + {len(real)} real regions, lr {lr:g}", flush=True)
+
+        def report(p: TrainProgress) -> None:
+            print(f"  it {p.iteration:5d}  train {p.train_loss:.3f}  val {p.val_loss if p.val_loss is None else round(p.val_loss, 3)}"
+                  f"  valF1 {p.val_f1 if p.val_f1 is None else round(p.val_f1, 3)}  {p.elapsed_s:5.0f}s", flush=True)
+
+        module, hist, it, best_it, best_loss, best_f1, _, _, _ = fit(
+            module, cfg, regions, sampler, dev, lr=lr, batch_size=8, patch=128, time_budget_s=per_round,
+            patience=10**6, validate_every_s=60.0, progress=report)
+        history.append({"round": rnd + 1, "iterations": it, "best_val_loss": best_loss, "best_val_f1": best_f1})
+    cfg.train_scale = 1.0
+    cfg.pixel_size_nm = None
+    cfg.training = {
+        "script": "scripts/train_starter.py",
+        "minutes": round((time.perf_counter() - t0) / 60, 1),
+        "device": str(dev),
+        "seed": args.seed,
+        "data": "synthetic (random_micrograph) + creme + insitu-TEM-annealing-Ti (MIT); stem-catalyst excluded",
+        "rounds": history,
+        "n_real_regions": len(real),
+    }
+    module = module.to(memory_format=torch.contiguous_format)
+    save_model(args.out, module, cfg)
+    size = sum(f.stat().st_size for f in Path(args.out).iterdir()) / 2**20
+    print(f"saved {args.out} ({size:.1f} MiB) after {cfg.training['minutes']} min", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""Building, saving and loading models: safetensors weights + config.json, never pickle."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from ... import __version__
+from ..errors import NanodefectError
+from .config import ModelConfig
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+@dataclass
+class LoadedModel:
+    """A ready-to-run model: the torch module (eval mode), its config and its folder."""
+
+    module: torch.nn.Module
+    config: ModelConfig
+    path: Path | None = None
+    device: torch.device = torch.device("cpu")
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU. Asking for CUDA without one is an error."""
+    if isinstance(device, torch.device):
+        return device
+    device = (device or "auto").lower()
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise NanodefectError("--device cuda was asked for but no CUDA GPU is available (use auto or cpu)")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise NanodefectError(f"unknown device {device!r}: use auto, cpu or cuda")
+    return torch.device(device)
+
+
+def imagenet_weights_cached(encoder: str) -> bool:
+    """True when smp's ImageNet weights for ``encoder`` are already on this machine."""
+    try:
+        import segmentation_models_pytorch as smp
+        from huggingface_hub import try_to_load_from_cache
+
+        settings = smp.encoders.encoders[encoder]["pretrained_settings"].get("imagenet")
+        if not settings:
+            return False
+        hit = try_to_load_from_cache(settings["repo_id"], "model.safetensors", revision=settings.get("revision"))
+        return isinstance(hit, str) and os.path.exists(hit)
+    except Exception:
+        return False
+
+
+def build_model(config: ModelConfig, encoder_weights: str | None = "auto") -> torch.nn.Module:
+    """A fresh smp model for ``config``.
+
+    ``encoder_weights="auto"`` uses ImageNet weights when they are cached on this machine
+    (nothing is downloaded), else random initialisation; ``None`` always random.
+    """
+    import segmentation_models_pytorch as smp
+
+    try:
+        cls = getattr(smp, config.arch)
+    except AttributeError as exc:
+        raise NanodefectError(f"unknown architecture {config.arch!r} (segmentation-models-pytorch has no such model)") from exc
+    weights = None
+    if encoder_weights == "auto":
+        weights = "imagenet" if imagenet_weights_cached(config.encoder) else None
+    elif encoder_weights:
+        weights = encoder_weights
+    kwargs = dict(encoder_name=config.encoder, encoder_weights=weights, in_channels=config.in_channels,
+                  classes=config.n_outputs, encoder_depth=config.encoder_depth)
+    if config.arch in ("Unet", "UnetPlusPlus"):
+        kwargs["decoder_channels"] = tuple(config.decoder_channels)[: config.encoder_depth]
+    env = {"HF_HUB_OFFLINE": "1"} if weights else {}
+    with _env(env), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            model = cls(**kwargs)
+        except (KeyError, ValueError) as exc:
+            raise NanodefectError(f"cannot build {config.arch} with encoder {config.encoder!r}: {exc}") from exc
+    config.encoder_weights = weights
+    return model
+
+
+@contextlib.contextmanager
+def _env(values: dict[str, str]):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def save_model(folder: str | os.PathLike, module: torch.nn.Module, config: ModelConfig) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` into ``folder`` atomically.
+
+    Both files are written into a temporary sibling folder which then replaces ``folder``,
+    so an interrupted save never leaves a half-written model.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    config.package_version = __version__
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": "napari-nanodefect-model"})
+        (tmp / CONFIG).write_text(config.dumps() + "\n", encoding="utf-8")
+        old = None
+        if folder.exists():
+            if not (folder / CONFIG).exists() and any(folder.iterdir()):
+                raise NanodefectError("exists and is not a model folder; refusing to overwrite it", folder)
+            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def read_config(folder: str | os.PathLike) -> ModelConfig:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NanodefectError("model folder not found (expected a folder with config.json and model.safetensors)", folder)
+    cfg_path = folder / CONFIG
+    if not cfg_path.exists():
+        raise NanodefectError(f"not a model folder: {CONFIG} is missing", folder)
+    try:
+        data = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise NanodefectError(f"config.json is not valid JSON ({exc})", cfg_path) from exc
+    return ModelConfig.from_json(data, cfg_path)
+
+
+def load_model(folder: str | os.PathLike | None = None, device: str | torch.device | None = "auto") -> LoadedModel:
+    """Load a model folder (default: the shipped starter model). Never unpickles."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder) if folder is not None else default_model_dir()
+    config = read_config(folder)
+    wpath = folder / WEIGHTS
+    if not wpath.exists():
+        raise NanodefectError(f"not a complete model folder: {WEIGHTS} is missing", folder)
+    try:
+        state = load_file(str(wpath), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise NanodefectError(f"the weights file is corrupt or truncated ({exc})", wpath) from exc
+    module = build_model(config, encoder_weights=None)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        msg = str(exc).splitlines()[0]
+        raise NanodefectError(f"weights do not match the architecture in config.json ({msg})", wpath) from exc
+    dev = resolve_device(device)
+    module.to(dev).eval()
+    return LoadedModel(module=module, config=config, path=folder, device=dev)
+
+
+def default_model_dir() -> Path:
+    """Folder of the starter particle model shipped inside the package."""
+    path = Path(str(resources.files("napari_nanodefect") / "models" / "starter-particles"))
+    if not (path / CONFIG).exists():
+        raise NanodefectError("the starter model is missing from this installation (reinstall napari-nanodefect)", path)
+    return path
+
+
+def adapt_state(state: dict[str, torch.Tensor], target: torch.nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Copy what fits from ``state`` into ``target``'s shapes (fine-tuning onto new classes).
+
+    Tensors of equal shape are copied; output-head tensors whose leading (channel) size
+    differs get their first channels copied and the rest from ``target``'s fresh init.
+    Returns the state to load and the names only partly copied.
+    """
+    new = target.state_dict()
+    partial = []
+    for name, t in new.items():
+        src = state.get(name)
+        if src is None:
+            partial.append(name)
+            continue
+        if src.shape == t.shape:
+            new[name] = src.clone()
+        elif src.ndim == t.ndim and src.shape[1:] == t.shape[1:]:
+            n = min(src.shape[0], t.shape[0])
+            merged = t.clone()
+            merged[:n] = src[:n]
+            new[name] = merged
+            partial.append(name)
+        else:
+            partial.append(name)
+    return new, partial

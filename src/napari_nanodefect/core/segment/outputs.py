@@ -1,0 +1,76 @@
+"""Writing predictions: label TIFF, LabelMe JSON per image, one COCO file for all images."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from ..annotations import AnnotationSet, LabelImage, labels_to_set, write_coco, write_label_tiff, write_labelme
+from .model import LoadedModel
+from .predict import Prediction, predict_image
+
+
+@dataclass
+class PredictionFiles:
+    image: Path
+    labels: Path
+    labelme: Path
+    count: int
+    annotations: AnnotationSet
+    prediction: Prediction
+    extra: dict = field(default_factory=dict)
+
+
+def prediction_to_set(pred: Prediction, image_path: str | None = None) -> AnnotationSet:
+    """Polygons (pixel-corner coordinates, exact pixel outlines) of every predicted object."""
+    m = pred.micrograph
+    li = LabelImage(pred.labels, pred.classes, m.pixel_size_nm if m else None, image_path)
+    aset = labels_to_set(li)
+    aset.image_path = image_path
+    return aset
+
+
+def write_prediction(pred: Prediction, image_path: str | os.PathLike, out_dir: str | os.PathLike) -> PredictionFiles:
+    """``<stem>_labels.tif`` (instances, same size as the analysed plane) and ``<stem>.json``
+    (LabelMe polygons with classes; ``imagePath`` relative to the JSON)."""
+    image_path = Path(image_path)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = image_path.stem
+    m = pred.micrograph
+    ps = m.pixel_size_nm if m else None
+    labels_path = write_label_tiff(out_dir / f"{stem}_labels.tif", pred.labels, classes=pred.classes,
+                                   pixel_size_nm=ps, image_path=os.path.relpath(image_path.resolve(), out_dir.resolve()))
+    aset = prediction_to_set(pred, str(image_path.resolve()))
+    aset.pixel_size_nm = ps
+    aset.extra["nanodefect"] = {"scale": pred.scale, "scale_source": pred.scale_source}
+    json_path = out_dir / f"{stem}.json"
+    write_labelme(aset, json_path, embed_image="auto")
+    return PredictionFiles(image_path, labels_path, json_path, pred.count, aset, pred)
+
+
+def predict_files(
+    model: LoadedModel,
+    images: Iterable[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    on_image: Callable[[Path, int, int], Callable[[int, int], None] | None] | None = None,
+    coco_name: str = "predictions.coco.json",
+    **predict_kwargs,
+) -> tuple[list[PredictionFiles], Path]:
+    """Predict every image; write per-image files and ``predictions.coco.json``.
+
+    ``on_image(path, index, total)`` may return a tile-progress callback for that image.
+    """
+    images = [Path(p) for p in images]
+    out_dir = Path(out_dir)
+    results = []
+    for i, path in enumerate(images):
+        tile_cb = on_image(path, i, len(images)) if on_image else None
+        pred = predict_image(model, path, progress=tile_cb, **predict_kwargs)
+        results.append(write_prediction(pred, path, out_dir))
+    coco = write_coco([r.annotations for r in results], out_dir / coco_name, categories=list(model.config.classes),
+                      include_lines_points=False)
+    return results, coco

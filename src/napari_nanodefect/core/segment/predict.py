@@ -1,0 +1,277 @@
+"""Tiled whole-image inference with smooth blending, bounded memory and scale handling.
+
+The image is cut into overlapping tiles *at its own resolution*; each tile is resized by
+the scale factor ``s`` (so objects appear at the size the model was trained at), run
+through the network in batches, resized back and blended into the output with a window
+that falls smoothly to ~0 at the tile edges. Rows of the output are finished band by
+band, so only one band of float accumulators is alive; finished maps are kept as uint8
+(probability x 255). Instances are then extracted from the whole-image maps, so there are
+no seams: the result does not depend on where tiles begin.
+
+Scale ``s`` (network pixels per image pixel):
+- when the model and the image both know their pixel size: ``s = image nm/px / model nm/px``;
+- else ``"auto"``: a first pass at the training scale measures the median object
+  diameter; if it is off the trained size by more than a third, a second pass uses
+  ``s = trained diameter / measured diameter``;
+- or a number given by the user.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import NanodefectError
+from ..micrograph import Micrograph
+from .instances import extract_instances
+from .model import LoadedModel
+
+ProgressFn = Callable[[int, int], None]
+
+#: the automatic scale never makes the network look at more pixels than this
+MAX_NETWORK_PIXELS = 2.5e8
+
+
+@dataclass
+class Prediction:
+    """Result of :func:`predict_array` / :func:`predict_image`.
+
+    ``labels``: int32 instance labels of the analysed plane (0 = background).
+    ``classes``: label -> class name. ``scale``: network px per image px that was used.
+    ``foreground``: uint8 probability map x255 (kept when asked for).
+    """
+
+    labels: np.ndarray
+    classes: dict[int, str]
+    scale: float
+    scale_source: str
+    foreground: np.ndarray | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    micrograph: Micrograph | None = None
+
+    @property
+    def count(self) -> int:
+        return int(self.labels.max())
+
+
+def robust_range(image: np.ndarray, low: float = 0.5, high: float = 99.5, max_samples: int = 1_000_000) -> tuple[float, float]:
+    """Percentiles of a regular subsample: the normalisation range of an image."""
+    step = max(1, int(math.sqrt(image.size / max_samples)))
+    sub = np.asarray(image[::step, ::step], dtype=np.float32)
+    lo, hi = np.percentile(sub, [low, high])
+    if not hi > lo:
+        lo, hi = float(sub.min()), float(sub.max())
+        if not hi > lo:
+            hi = lo + 1.0
+    return float(lo), float(hi)
+
+
+def normalise(tile: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Map ``[lo, hi]`` to ``[0, 1]`` (values beyond are kept, clipped to [-0.5, 1.5])."""
+    out = (tile.astype(np.float32) - lo) * (1.0 / (hi - lo))
+    return np.clip(out, -0.5, 1.5, out=out)
+
+
+def _window(n: int, ramp: int) -> np.ndarray:
+    """1-D blending weight: a raised-cosine ramp of ``ramp`` px at both ends, 1 inside."""
+    w = np.ones(n, np.float32)
+    if ramp > 0:
+        r = min(ramp, n // 2)
+        t = (np.arange(r, dtype=np.float32) + 0.5) / r
+        w[:r] = 0.5 - 0.5 * np.cos(np.pi * t)
+        w[n - r :] = w[:r][::-1]
+    return np.maximum(w, 1e-3)
+
+
+def _net_size(n: int, s: float, multiple: int = 32) -> int:
+    return max(multiple, int(math.ceil(n * s / multiple)) * multiple)
+
+
+@torch.inference_mode()
+def predict_maps(
+    model: LoadedModel,
+    image: np.ndarray,
+    scale: float = 1.0,
+    batch_size: int = 4,
+    progress: ProgressFn | None = None,
+    tile_size: int | None = None,
+    overlap: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Blended network maps at the image's resolution: ``fg``, ``dist`` (uint8 x255) and
+    class probabilities ``(C, H, W)`` uint8 (None for single-class models)."""
+    cfg = model.config
+    H, W = image.shape
+    T = int(tile_size or cfg.tile_size)
+    O = int(overlap if overlap is not None else cfg.tile_overlap)
+    t_in = max(16, int(round(T / scale)))  # tile size in image pixels
+    o_in = max(2, int(round(O / scale)))
+    t_in = min(t_in, max(H, W)) if max(H, W) > 2 * o_in else t_in
+    stride = max(1, t_in - o_in)
+    ys = list(range(0, max(H - t_in, 0) + 1, stride))
+    xs = list(range(0, max(W - t_in, 0) + 1, stride))
+    if ys[-1] + t_in < H:
+        ys.append(H - t_in)
+    if xs[-1] + t_in < W:
+        xs.append(W - t_in)
+    th, tw = min(t_in, H), min(t_in, W)
+    wy, wx = _window(th, o_in if len(ys) > 1 else 0), _window(tw, o_in if len(xs) > 1 else 0)
+    win = np.outer(wy, wx)
+    lo, hi = robust_range(image, cfg.normalisation.get("low_percentile", 0.5), cfg.normalisation.get("high_percentile", 99.5))
+    n_cls = len(cfg.classes) if len(cfg.classes) > 1 else 0
+    n_ch = 2 + n_cls
+    fg_out = np.zeros((H, W), np.uint8)
+    dist_out = np.zeros((H, W), np.uint8)
+    cls_out = np.zeros((n_cls, H, W), np.uint8) if n_cls else None
+    net_h, net_w = _net_size(th, scale), _net_size(tw, scale)
+    dev = model.device
+    amp = dev.type == "cuda"
+    total = len(ys) * len(xs)
+    done = 0
+    # one band of accumulators per row of tiles: rows [y, y + th)
+    acc_top = 0
+    acc = np.zeros((n_ch, min(H, th + stride * 2), W), np.float32)
+    wsum = np.zeros((acc.shape[1], W), np.float32)
+
+    def flush(upto: int) -> None:
+        """Finish image rows [acc_top, upto): write uint8 maps, shift the band."""
+        nonlocal acc_top
+        n = upto - acc_top
+        if n <= 0:
+            return
+        ws = wsum[:n]
+        q = acc[:, :n] / ws[None]
+        fg_out[acc_top:upto] = np.clip(q[0] * 255 + 0.5, 0, 255).astype(np.uint8)
+        dist_out[acc_top:upto] = np.clip(q[1] * 255 + 0.5, 0, 255).astype(np.uint8)
+        if cls_out is not None:
+            cls_out[:, acc_top:upto] = np.clip(q[2:] * 255 + 0.5, 0, 255).astype(np.uint8)
+        acc[:, :-n] = acc[:, n:].copy()
+        acc[:, -n:] = 0
+        wsum[:-n] = wsum[n:].copy()
+        wsum[-n:] = 0
+        acc_top = upto
+
+    for y in ys:
+        flush(y)
+        if y + th - acc_top > acc.shape[1]:
+            raise AssertionError("band too small")  # pragma: no cover - guarded by sizes above
+        batch: list[tuple[int, np.ndarray]] = []
+        for i, x in enumerate(xs):
+            tile = image[y : y + th, x : x + tw]
+            batch.append((x, normalise(tile, lo, hi)))
+            if len(batch) == batch_size or i == len(xs) - 1:
+                arr = torch.from_numpy(np.stack([b[1] for b in batch])[:, None]).to(dev)
+                if (net_h, net_w) != (th, tw):
+                    arr = F.interpolate(arr, size=(net_h, net_w), mode="bilinear", align_corners=False)
+                arr = arr.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=amp):
+                    out = model.module(arr)
+                out = out.float()
+                probs = torch.sigmoid(out[:, :2])
+                if n_cls:
+                    probs = torch.cat([probs, torch.softmax(out[:, 2:], dim=1)], dim=1)
+                if (net_h, net_w) != (th, tw):
+                    probs = F.interpolate(probs, size=(th, tw), mode="bilinear", align_corners=False)
+                probs = probs.cpu().numpy()
+                for (bx, _), p in zip(batch, probs):
+                    r0 = y - acc_top
+                    acc[:, r0 : r0 + th, bx : bx + tw] += p * win[None]
+                    wsum[r0 : r0 + th, bx : bx + tw] += win
+                done += len(batch)
+                if progress:
+                    progress(done, total)
+                batch = []
+    flush(H)
+    return fg_out, dist_out, cls_out
+
+
+def _median_diameter(labels: np.ndarray) -> tuple[float, int]:
+    area = np.bincount(labels.ravel())[1:]
+    area = area[area > 0]
+    if area.size == 0:
+        return float("nan"), 0
+    return float(np.median(2 * np.sqrt(area / np.pi))), int(area.size)
+
+
+def choose_scale(model: LoadedModel, pixel_size_nm: float | None, scale: float | str | None) -> tuple[float | None, str]:
+    """The scale to use, or None when it must be found automatically."""
+    cfg = model.config
+    if isinstance(scale, (int, float)):
+        if not scale > 0:
+            raise NanodefectError(f"scale must be positive, got {scale}")
+        return float(scale), "given"
+    if scale not in (None, "auto"):
+        raise NanodefectError(f"scale must be a number or 'auto', got {scale!r}")
+    if cfg.pixel_size_nm and pixel_size_nm:
+        return pixel_size_nm / cfg.pixel_size_nm, f"pixel sizes ({pixel_size_nm:g} nm image, {cfg.pixel_size_nm:g} nm model)"
+    return None, "auto"
+
+
+def predict_array(
+    model: LoadedModel,
+    image: np.ndarray,
+    *,
+    pixel_size_nm: float | None = None,
+    scale: float | str | None = "auto",
+    batch_size: int = 4,
+    keep_foreground: bool = False,
+    progress: ProgressFn | None = None,
+    tile_size: int | None = None,
+    overlap: int | None = None,
+) -> Prediction:
+    """Segment every object in a 2-D image (see the module docstring for the scale)."""
+    if image.ndim != 2 or image.size == 0:
+        raise NanodefectError(f"expected a non-empty 2-D image, got shape {image.shape}")
+    cfg = model.config
+    times: dict[str, float] = {}
+    s, source = choose_scale(model, pixel_size_nm, scale)
+    passes = []
+    if s is None:
+        s = float(cfg.train_scale or 1.0)
+        source = "auto: training scale"
+        passes.append(s)
+    t0 = time.perf_counter()
+    fg, dist, cls = predict_maps(model, image, s, batch_size, progress, tile_size, overlap)
+    times["network"] = time.perf_counter() - t0
+    labels, cidx = _extract(fg, dist, cls, cfg, s)
+    times["instances"] = time.perf_counter() - t0 - times["network"]
+    if passes:
+        d, n = _median_diameter(labels)
+        if n >= 3 and np.isfinite(d):
+            ratio = d * s / cfg.object_diameter_px
+            if not 0.75 <= ratio <= 1.33:
+                s2 = float(np.clip(cfg.object_diameter_px / d, s / 4, s * 4))
+                s2 = min(s2, math.sqrt(MAX_NETWORK_PIXELS / image.size))  # bounded compute
+                t1 = time.perf_counter()
+                fg, dist, cls = predict_maps(model, image, s2, batch_size, progress, tile_size, overlap)
+                labels, cidx = _extract(fg, dist, cls, cfg, s2)
+                times["second_pass"] = time.perf_counter() - t1
+                source = f"auto: objects measured {d:.1f} px at scale {s:.3g}, re-run at {s2:.3g}"
+                s = s2
+    names = cfg.classes
+    classes = {i + 1: names[int(c)] if len(names) > 1 else names[0] for i, c in enumerate(cidx)}
+    return Prediction(labels=labels, classes=classes, scale=s, scale_source=source,
+                      foreground=fg if keep_foreground else None, seconds=times)
+
+
+def _extract(fg, dist, cls, cfg, s):
+    # the minimum object area is set in network pixels; convert to image pixels
+    min_area = cfg.min_area_px / (s * s)
+    return extract_instances(fg, dist, cfg.fg_threshold, cfg.seed_threshold, min_area, cls)
+
+
+def predict_image(model: LoadedModel, image: str | Path | Micrograph, **kwargs) -> Prediction:
+    """Read (if a path) and segment a micrograph; uses its pixel size when known."""
+    from ..io import read_image
+
+    m = image if isinstance(image, Micrograph) else read_image(image)
+    kwargs.setdefault("pixel_size_nm", m.pixel_size_nm)
+    pred = predict_array(model, m.data, **kwargs)
+    pred.micrograph = m
+    return pred

@@ -1,0 +1,243 @@
+"""Few-shot segmentation engine: model files, tiling, instances, masked loss, training."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage as ndi
+
+from napari_nanodefect import NanodefectError
+from napari_nanodefect.core.annotations import AnnotationSet, Crop, LabelImage, labels_to_set
+from napari_nanodefect.core.evaluate import match_instances
+from napari_nanodefect.core.segment import ModelConfig, build_model, extract_instances, load_model, save_model
+from napari_nanodefect.core.segment.data import normalised_distance
+from napari_nanodefect.core.segment.model import LoadedModel, adapt_state
+from napari_nanodefect.core.segment.predict import predict_array
+from napari_nanodefect.core.segment.train import TrainingImage, _scales, loss_terms, train
+from napari_nanodefect.core.synthetic import make_particles
+
+TINY = dict(encoder="resnet18", encoder_depth=3, decoder_channels=(16, 8, 8))
+
+
+# -- an analytic "network": local, deterministic, so tiling can be compared exactly -----
+
+class LocalNet(torch.nn.Module):
+    """fg logit = steep function of a 5x5 box mean; dist logit from a 9x9 mean (local ops)."""
+
+    def forward(self, x):
+        fg = torch.nn.functional.avg_pool2d(x, 5, 1, 2, count_include_pad=False)
+        core = torch.nn.functional.avg_pool2d(fg, 9, 1, 4, count_include_pad=False)
+        return torch.cat([(fg - 0.45) * 40, (core - 0.62) * 40], dim=1)
+
+
+def _local_model(**cfg):
+    return LoadedModel(LocalNet().eval(), ModelConfig(**cfg), None, torch.device("cpu"))
+
+
+def _disk_image(shape=(700, 900), spacing=37, r=11, seed=0):
+    """Bright disks on a grid, many of them straddling any tile border."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    img = np.zeros(shape, np.float32)
+    for cy in range(20, shape[0] - 10, spacing):
+        for cx in range(20, shape[1] - 10, spacing):
+            jy, jx = rng.uniform(-5, 5, 2)
+            img[(yy - cy - jy) ** 2 + (xx - cx - jx) ** 2 <= r * r] = 1.0
+    return img
+
+
+@pytest.mark.parametrize("scale", [1.0, 1.6, 0.7])
+def test_tiled_equals_untiled_instances(scale):
+    img = _disk_image()
+    model = _local_model(tile_size=128, tile_overlap=48, min_area_px=4)
+    tiled = predict_array(model, img, scale=scale)
+    whole = predict_array(model, img, scale=scale, tile_size=2048, overlap=0)
+    assert tiled.count == whole.count > 200
+    m = match_instances(whole.labels, tiled.labels, 0.9)
+    assert m["f1"] == 1.0, m
+    # and the objects are the disks: one per disk, IoU > 0.8
+    truth, _ = ndi.label(img > 0.5)
+    m2 = match_instances(truth, tiled.labels, 0.8)
+    assert m2["f1"] == pytest.approx(1.0)
+
+
+def test_extract_instances_splits_touching_and_drops_small():
+    yy, xx = np.mgrid[0:100, 0:120]
+    lab = np.zeros((100, 120), np.int32)
+    lab[(yy - 50) ** 2 + (xx - 35) ** 2 <= 15**2] = 1
+    lab[((yy - 50) ** 2 + (xx - 64) ** 2 <= 14**2) & (lab == 0)] = 2
+    lab[5:7, 100:102] = 3  # 4 px speck
+    fg = (lab > 0).astype(np.float32)
+    dist = normalised_distance(lab)
+    out, cls = extract_instances(fg, dist, min_area_px=6)
+    assert out.max() == 2
+    m = match_instances(np.where(lab == 3, 0, lab), out, 0.95)
+    assert m["tp"] == 2 and m["fp"] == 0
+    # uint8 maps give the same result
+    out8, _ = extract_instances((fg * 255).astype(np.uint8), (dist * 255).round().astype(np.uint8), min_area_px=6)
+    assert match_instances(out, out8, 0.99)["f1"] == 1.0
+
+
+def test_normalised_distance_peaks_at_centres():
+    lab = np.zeros((40, 40), np.int32)
+    lab[5:16, 5:16] = 1
+    lab[20:35, 10:30] = 2
+    d = normalised_distance(lab)
+    assert d.max() == pytest.approx(1.0) and d[lab == 0].max() == 0
+    assert d[10, 10] == pytest.approx(1.0)
+    assert 0 < d[5, 5] < 0.3
+
+
+# -- model files ----------------------------------------------------------------------------
+
+def test_save_load_roundtrip_and_no_pickle(tmp_path):
+    cfg = ModelConfig(classes=["particle", "single_site"], **TINY)
+    m = build_model(cfg, encoder_weights=None)
+    save_model(tmp_path / "m", m, cfg)
+    files = sorted(p.name for p in (tmp_path / "m").iterdir())
+    assert files == ["config.json", "model.safetensors"]
+    data = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert data["format"] == "napari-nanodefect-model" and data["classes"] == ["particle", "single_site"]
+    loaded = load_model(tmp_path / "m", device="cpu")
+    for (k, a), b in zip(m.state_dict().items(), loaded.module.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert loaded.config.n_outputs == 4
+    assert b"pickle" not in (tmp_path / "m" / "model.safetensors").read_bytes()[:200]
+
+
+def test_bad_model_folders(tmp_path):
+    with pytest.raises(NanodefectError, match="not found"):
+        load_model(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NanodefectError, match="config.json is missing"):
+        load_model(tmp_path / "empty")
+    cfg = ModelConfig(**TINY)
+    save_model(tmp_path / "m", build_model(cfg, None), cfg)
+    w = tmp_path / "m" / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    with pytest.raises(NanodefectError, match="corrupt or truncated"):
+        load_model(tmp_path / "m")
+    save_model(tmp_path / "m", build_model(cfg, None), cfg)
+    c = json.loads((tmp_path / "m" / "config.json").read_text())
+    c["encoder_depth"] = 4
+    c["decoder_channels"] = [16, 8, 8, 8]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(c))
+    with pytest.raises(NanodefectError, match="do not match"):
+        load_model(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text("{oops")
+    with pytest.raises(NanodefectError, match="not valid JSON"):
+        load_model(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(NanodefectError, match="not a napari-nanodefect model"):
+        load_model(tmp_path / "m")
+
+
+def test_save_refuses_to_overwrite_a_non_model_folder(tmp_path):
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "thesis.docx").write_text("years of work")
+    cfg = ModelConfig(**TINY)
+    with pytest.raises(NanodefectError, match="refusing"):
+        save_model(tmp_path / "precious", build_model(cfg, None), cfg)
+    assert (tmp_path / "precious" / "thesis.docx").read_text() == "years of work"
+
+
+def test_adapt_state_keeps_shared_weights_for_new_classes():
+    one = build_model(ModelConfig(classes=["particle"], **TINY), None)
+    two = build_model(ModelConfig(classes=["a", "b", "c"], **TINY), None)
+    state, partial = adapt_state(one.state_dict(), two)
+    head = [k for k in state if k.startswith("segmentation_head") and k.endswith("weight")][0]
+    assert state[head].shape[0] == 5
+    assert torch.equal(state[head][:2], one.state_dict()[head])
+    assert head in partial
+    enc = "encoder.conv1.weight"
+    assert torch.equal(state[enc], one.state_dict()[enc])
+
+
+# -- training pieces ------------------------------------------------------------------------
+
+def test_masked_loss_ignores_unannotated_pixels():
+    torch.manual_seed(0)
+    out = torch.randn(2, 2, 16, 16)
+    b = {"fg": torch.zeros(2, 1, 16, 16), "dist": torch.zeros(2, 1, 16, 16),
+         "valid": torch.zeros(2, 1, 16, 16), "cls": torch.full((2, 1, 16, 16), -1)}
+    b["valid"][..., :8] = 1
+    base = {k: float(v) for k, v in loss_terms(out, b, 0).items()}
+    b2 = dict(b, fg=b["fg"].clone())
+    b2["fg"][..., 8:] = 1  # labels change only where valid = 0
+    changed = {k: float(v) for k, v in loss_terms(out, b2, 0).items()}
+    assert base == pytest.approx(changed)
+
+
+def test_scale_rules():
+    def item(d_px, ps):
+        r = d_px / 2
+        yy, xx = np.mgrid[0:100, 0:100]
+        lab = ((yy - 50) ** 2 + (xx - 50) ** 2 <= r * r).astype(np.int32)
+        return TrainingImage(labels_to_set(LabelImage(lab)), np.zeros((100, 100), np.float32), ps)
+
+    scales, ps = _scales([item(10, None), item(40, None)], 20.0)
+    assert scales == pytest.approx([2.0, 0.5], rel=0.05) and ps is None
+    scales, ps = _scales([item(10, 1.0), item(20, 0.5)], 20.0)  # both 10 nm particles
+    assert ps == pytest.approx(0.5, rel=0.05)
+    assert scales == pytest.approx([2.0, 1.0], rel=0.05)
+
+
+def _crop_set(s, crops):
+    aset = labels_to_set(LabelImage(s.labels, s.classes))
+    inside = lambda o, c: c.x0 <= o.bbox[0] and o.bbox[2] <= c.x1 and c.y0 <= o.bbox[1] and o.bbox[3] <= c.y1  # noqa: E731
+    aset.crops = crops
+    aset.objects = [o for o in aset.objects if any(inside(o, c) for c in crops)]
+    return aset
+
+
+def test_train_tiny_model_saves_config_reports_progress_and_cancels(tmp_path):
+    s = make_particles(shape=(256, 256), n=40, seed=3)
+    aset = _crop_set(s, [Crop(0, 0, 160, 160)])
+    item = TrainingImage(aset, s.image, s.pixel_size_nm)
+    reports = []
+    res = train([item], tmp_path / "m", base=None, config=ModelConfig(**TINY), epochs=2, batch_size=4,
+                patch=64, validate_every_s=0.0, progress=reports.append, seed=1)
+    assert reports and all(r.iteration > 0 for r in reports)
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["training"]["iterations"] == 2 * cfg["training"]["iterations_per_epoch"]
+    assert cfg["pixel_size_nm"] == pytest.approx(s.pixel_size_nm / res.summary["scales"][0], rel=1e-3)
+    assert cfg["training"]["n_objects"] == len(aset.objects) and cfg["training"]["n_crops"] == 1
+    # cancel after the first report: the run stops early and still saves the best state
+    calls = []
+    res2 = train([item], tmp_path / "m2", base=None, config=ModelConfig(**TINY), epochs=50, batch_size=4,
+                 patch=64, validate_every_s=0.0, progress=calls.append, should_stop=lambda: len(calls) >= 1)
+    assert res2.cancelled and res2.summary["iterations"] < 50 * res2.summary["iterations_per_epoch"]
+    assert (tmp_path / "m2" / "model.safetensors").exists()
+
+
+def test_train_is_deterministic_with_a_seed(tmp_path):
+    s = make_particles(shape=(192, 192), n=25, seed=4)
+    item = TrainingImage(_crop_set(s, [Crop(0, 0, 192, 192)]), s.image, None)
+    kw = dict(base=None, config=ModelConfig(**TINY), epochs=1, batch_size=4, patch=64, validate_every_s=1e9, seed=7)
+    a = train([item], None, **kw).model.module.state_dict()
+    b = train([item], None, **kw).model.module.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_errors_are_clear(tmp_path):
+    s = make_particles(shape=(64, 64), n=3, seed=0)
+    empty = AnnotationSet(image_height=64, image_width=64, crops=[Crop(0, 0, 32, 32)])
+    with pytest.raises(NanodefectError, match="no objects"):
+        train([TrainingImage(empty, s.image)], None, base=None, config=ModelConfig(**TINY), epochs=1)
+
+
+def test_multiclass_training_and_prediction_classes(tmp_path):
+    s = make_particles(shape=(256, 256), n=30, seed=5, single_sites=40)
+    assert set(s.classes.values()) == {"particle", "single_site"}
+    aset = labels_to_set(LabelImage(s.labels, s.classes))
+    item = TrainingImage(aset, s.image, None)
+    res = train([item], tmp_path / "mc", base=None, config=ModelConfig(**TINY), epochs=1, batch_size=4, patch=64,
+                validate_every_s=1e9)
+    assert res.model.config.classes == ["particle", "single_site"] or set(res.model.config.classes) == {"particle", "single_site"}
+    assert res.model.config.n_outputs == 4
+    pred = predict_array(load_model(tmp_path / "mc", device="cpu"), s.image, scale=1.0)
+    assert set(pred.classes.values()) <= {"particle", "single_site"}
+    assert pred.labels.shape == s.image.shape

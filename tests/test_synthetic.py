@@ -1,0 +1,198 @@
+"""The procedural micrograph generator: exact ground truth, arrangement, polarity, speed."""
+
+import time
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from napari_nanodefect.core.synthetic import (
+    MODES,
+    SyntheticImage,
+    make_particles,
+    random_micrograph,
+)
+
+
+def _areas(labels):
+    return np.bincount(labels.ravel())[1:]
+
+
+def _adjacent_pairs(labels):
+    """Pairs of different labels that are 8-neighbours (no background pixel between them)."""
+    pairs = set()
+    lab = labels.astype(np.int64)
+    h, w = lab.shape
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        a = lab[0:h - dy, max(0, -dx):w - max(0, dx)]
+        b = lab[dy:h, max(0, dx):w - max(0, -dx)]
+        m = (a > 0) & (b > 0) & (a != b)
+        pairs |= {tuple(sorted(p)) for p in zip(a[m].tolist(), b[m].tolist())}
+    return pairs
+
+
+def _interior(labels):
+    """Labels that do not touch the image border."""
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return np.setdiff1d(np.arange(1, labels.max() + 1), border)
+
+
+def _check_exact(s: SyntheticImage):
+    n = int(s.labels.max())
+    assert s.labels.dtype == np.uint16 and s.labels.shape == s.image.shape
+    assert sorted(s.classes) == list(range(1, n + 1))
+    area = _areas(s.labels)
+    assert len(area) == n and (area > 0).all()  # every label is drawn, none fully hidden
+    np.testing.assert_allclose(s.diameters_nm, 2 * np.sqrt(area / np.pi) * s.pixel_size_nm, rtol=1e-12)
+    assert len(s.drawn_diameters_nm) == n
+
+
+def test_deterministic_by_seed():
+    a = make_particles(shape=(128, 160), n=30, seed=7, overlap=0.2, single_sites=5)
+    b = make_particles(shape=(128, 160), n=30, seed=7, overlap=0.2, single_sites=5)
+    c = make_particles(shape=(128, 160), n=30, seed=8, overlap=0.2, single_sites=5)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.labels, b.labels)
+    assert a.classes == b.classes and np.array_equal(a.diameters_nm, b.diameters_nm)
+    assert not np.array_equal(a.labels, c.labels)
+    r1, r2 = random_micrograph(11), random_micrograph(11)
+    assert np.array_equal(r1.image, r2.image) and np.array_equal(r1.labels, r2.labels)
+    assert r1.params == r2.params
+    g1 = random_micrograph(np.random.default_rng(3))
+    g2 = random_micrograph(np.random.default_rng(3))
+    assert np.array_equal(g1.labels, g2.labels)
+
+
+@pytest.mark.parametrize("kw", [
+    {},
+    {"mode": "bf", "touching": 0.5, "faceted": 1.0},
+    {"mode": "sem", "overlap": 0.4, "clustered": 0.6},
+    {"mode": "stm", "single_sites": 20, "packing": 1.0, "n": 200},
+    {"dtype": "uint16", "jpeg_quality": 80, "support": "silica", "support_coverage": 0.6},
+])
+def test_label_areas_give_diameters_exactly(kw):
+    base = {"shape": (192, 224), "n": 60, "median_diameter_nm": 6.0, "pixel_size_nm": 0.4, "seed": 2}
+    s = make_particles(**{**base, **kw})
+    _check_exact(s)
+    assert s.labels.max() >= 20
+    # particles may be cut by the border: some labels reach it
+    assert len(_interior(s.labels)) < s.labels.max()
+
+
+def test_median_diameter_of_unclipped_particles():
+    s = make_particles(shape=(512, 512), n=300, median_diameter_nm=8.0, sigma=0.25, pixel_size_nm=0.5,
+                       touching=0.0, seed=5)
+    inner = _interior(s.labels)
+    assert len(inner) > 200
+    assert np.median(s.diameters_nm[inner - 1]) == pytest.approx(8.0, rel=0.1)
+    assert np.median(s.drawn_diameters_nm) == pytest.approx(8.0, rel=0.1)
+    # log-normal spread: sigma of log(d) close to the requested 0.25
+    assert np.std(np.log(s.diameters_nm[inner - 1])) == pytest.approx(0.25, abs=0.06)
+
+
+def test_touching_and_separated_particles():
+    touch = make_particles(shape=(256, 256), n=80, median_diameter_nm=8.0, pixel_size_nm=0.5, touching=0.5, seed=1)
+    pairs = _adjacent_pairs(touch.labels)
+    assert len(pairs) >= 15
+    # touching labels are adjacent without a gap, and still distinct objects
+    for lab in range(1, touch.labels.max() + 1):
+        assert ndi.label(touch.labels == lab)[1] == 1
+    for kw in ({"clustered": 0.8}, {"packing": 1.0, "packing_gap": 0.1}, {}):
+        sep = make_particles(shape=(256, 256), n=120, median_diameter_nm=8.0, pixel_size_nm=0.5,
+                             touching=0.0, overlap=0.0, seed=1, **kw)
+        assert sep.labels.max() > 40
+        assert _adjacent_pairs(sep.labels) == set()
+
+
+def test_overlap_later_particle_owns_the_overlap():
+    s = make_particles(shape=(256, 256), n=80, median_diameter_nm=10.0, pixel_size_nm=0.5, touching=0.0,
+                       overlap=0.5, seed=4)
+    _check_exact(s)
+    inner = _interior(s.labels)
+    area = _areas(s.labels)[inner - 1]
+    drawn = np.pi * (s.drawn_diameters_nm[inner - 1] / s.pixel_size_nm / 2) ** 2
+    ratio = area / drawn
+    assert (ratio < 0.85).sum() >= 5  # occluded: smaller than the drawn outline
+    assert ratio.min() > 0.5  # never loses much more than 40 % (plus rasterisation)
+    assert len(_adjacent_pairs(s.labels)) >= 10
+    for lab in range(1, s.labels.max() + 1):  # never split in two
+        assert ndi.label(s.labels == lab)[1] == 1
+
+
+@pytest.mark.parametrize("mode,sign", [("haadf", 1), ("bf", -1), ("sem", -1), ("stm", 1)])
+def test_polarity(mode, sign):
+    s = make_particles(shape=(256, 256), n=60, median_diameter_nm=8.0, pixel_size_nm=0.5, mode=mode, seed=3)
+    fg = s.labels > 0
+    diff = s.image[fg].mean() - s.image[~fg].mean()
+    assert sign * diff > 30
+
+
+def test_stm_scan_lines_change_row_means():
+    kw = {"shape": (256, 256), "n": 30, "median_diameter_nm": 8.0, "pixel_size_nm": 0.5, "mode": "stm", "seed": 9, "streaks": 0.0}
+    clean = make_particles(row_noise=0.0, **kw).image.astype(float)
+    lines = make_particles(row_noise=0.3, **kw).image.astype(float)
+
+    def row_jumps(im):  # row-to-row change of the row means, relative to the image spread
+        return np.median(np.abs(np.diff(im.mean(1)))) / im.std()
+
+    assert row_jumps(lines) > 3 * row_jumps(clean)
+
+
+def test_uint16_and_jpeg():
+    s = make_particles(shape=(128, 128), n=20, dtype="uint16", seed=1)
+    assert s.image.dtype == np.uint16 and s.image.max() > 255
+    j = make_particles(shape=(128, 128), n=20, jpeg_quality=60, seed=1)
+    p = make_particles(shape=(128, 128), n=20, seed=1)
+    assert j.image.dtype == np.uint8 and not np.array_equal(j.image, p.image)
+    assert np.array_equal(j.labels, p.labels)
+    assert np.abs(j.image.astype(int) - p.image).mean() < 12
+    with pytest.raises(ValueError):
+        make_particles(shape=(32, 32), n=2, dtype="float32")
+    with pytest.raises(ValueError):
+        make_particles(shape=(32, 32), n=2, mode="xray")
+
+
+def test_single_sites_class():
+    s = make_particles(shape=(256, 256), n=40, median_diameter_nm=8.0, pixel_size_nm=0.5, single_sites=30, seed=2)
+    _check_exact(s)
+    names = np.array([s.classes[i] for i in range(1, s.labels.max() + 1)])
+    assert set(names) == {"particle", "single_site"}
+    area = _areas(s.labels)
+    sites = area[names == "single_site"]
+    assert 25 <= len(sites) <= 30
+    assert sites.min() >= 2 and sites.max() <= 13  # 2-4 px dots
+    assert area[names == "particle"].min() > sites.max()
+    # single sites are visible bright dots on the support
+    site_px = np.isin(s.labels, np.flatnonzero(names == "single_site") + 1)
+    assert s.image[site_px].mean() > s.image[s.labels == 0].mean() + 10
+
+
+def test_random_micrograph_is_fast_and_in_range():
+    random_micrograph(0)  # warm up
+    times, modes = [], set()
+    for seed in range(24):
+        t = time.perf_counter()
+        s = random_micrograph(seed)
+        times.append(time.perf_counter() - t)
+        modes.add(s.params["mode"])
+        _check_exact(s)
+        assert s.image.shape == s.labels.shape == (256, 256) and s.image.dtype == np.uint8
+        assert s.image.std() > 5
+        d_px = s.params["median_diameter_nm"] / s.params["pixel_size_nm"]
+        assert 5 <= d_px <= 80 and 0.02 <= s.params["pixel_size_nm"] <= 2.0
+        assert s.params["mode"] in MODES and 1 <= s.params["n"] <= 300
+        assert s.labels.max() >= 1 and set(s.classes.values()) <= {"particle", "single_site"}
+        fg = s.labels > 0
+        sign = -1 if s.params["mode"] in ("bf", "sem") else 1
+        assert sign * (s.image[fg].mean() - s.image[~fg].mean()) > 0
+    assert max(times) < 0.5 and np.mean(times) < 0.1
+    assert modes == set(MODES)
+    big = random_micrograph(1, shape=(96, 128), mode="bf")
+    assert big.image.shape == (96, 128) and big.params["mode"] == "bf"
+
+
+def test_make_particles_keeps_the_old_call():
+    s = make_particles(shape=(256, 256), n=50, median_diameter_nm=12.0, sigma=0.25, pixel_size_nm=0.5,
+                       mode="haadf", noise=0.06, seed=0, touching=0.2)
+    _check_exact(s)
+    assert s.image.dtype == np.uint8 and set(s.classes.values()) == {"particle"}
+    assert s.labels.max() == 50
