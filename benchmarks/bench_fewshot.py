@@ -62,6 +62,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--no-starter-only", action="store_true")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--keep-model", default=None, metavar="DIR", help="save the fine-tuned model here")
+    ap.add_argument("--only-ours", action="store_true", help="skip the starter-only and baseline runs")
     args = ap.parse_args(argv)
     if not DATA_ROOT.exists():
         print(f"data not found: {DATA_ROOT}")
@@ -73,13 +75,16 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_training_labelme(samples, args.train, Path(tmp), max_objects=50, seed=args.seed)
         t0 = time.perf_counter()
-        res = train(paths, Path(tmp) / "model", base="starter", time_budget_s=args.budget, seed=args.seed)
+        res = train(paths, args.keep_model or Path(tmp) / "model", base="starter", time_budget_s=args.budget,
+                    seed=args.seed)
         out["fine_tune"] = {"wall_s": round(time.perf_counter() - t0, 1), **{k: res.summary[k] for k in
                             ("iterations", "loop_seconds", "best_val_f1", "n_objects", "n_crops", "scales")}}
         print(f"fine-tuned on {res.summary['n_objects']} objects in {res.summary['n_crops']} crops: "
               f"{res.summary['iterations']} iterations, {res.summary['loop_seconds']:.1f} s loop, "
               f"{out['fine_tune']['wall_s']:.1f} s wall", flush=True)
         out["ours"] = evaluate(res.model, test, "ours")
+    if args.only_ours:
+        args.no_starter_only = args.no_baselines = True
     if not args.no_starter_only:
         out["starter_only"] = evaluate(load_model(), test, "starter")
     if not args.no_baselines:

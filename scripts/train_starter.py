@@ -167,7 +167,7 @@ def main() -> None:
         "n_real_regions": len(real),
     }
     module = module.to(memory_format=torch.contiguous_format)
-    save_model(args.out, module, cfg)
+    save_model(args.out, module, cfg, half=True)
     size = sum(f.stat().st_size for f in Path(args.out).iterdir()) / 2**20
     print(f"saved {args.out} ({size:.1f} MiB) after {cfg.training['minutes']} min", flush=True)
 

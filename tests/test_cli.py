@@ -66,7 +66,7 @@ def test_demo_writes_consistent_outputs(demo_dir):
     ecd = np.sort([float(r.split(",")[3]) for r in rows[1:]])
     area_px = np.bincount(labels.labels.ravel())[1:]
     np.testing.assert_allclose(ecd, np.sort(2 * np.sqrt(area_px[area_px > 0] * 0.25 / np.pi)), rtol=1e-4)
-    assert result["median_ecd_nm"] == pytest.approx(np.median(ecd))
+    assert result["median_ecd_nm"] == pytest.approx(np.median(ecd), abs=1e-3)  # CSV keeps 4 decimals
     assert (out / "histogram.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the fine-tuned starter finds the particles of the synthetic image
     assert result["f1"] >= 0.8, result

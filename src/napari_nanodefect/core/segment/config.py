@@ -46,7 +46,7 @@ class ModelConfig:
     tile_overlap: int = 64
     fg_threshold: float = 0.5
     seed_threshold: float = 0.5
-    min_area_px: float = 6.0
+    min_area_px: float = 20.0  #: network px; an object at the trained size has ~300
     encoder_weights: str | None = None
     training: dict[str, Any] = field(default_factory=dict)
     package_version: str = ""

@@ -47,7 +47,7 @@ def extract_instances(
         idx = np.flatnonzero(seeds)
         seed_comp[seeds.ravel()[idx]] = comps.ravel()[idx]
     per_comp = np.bincount(seed_comp[1:], minlength=n_comp + 1)
-    labels = comps.astype(np.int32, copy=True)
+    labels = comps  # relabelled in place: split objects get labels above n_comp
     multi = np.flatnonzero(per_comp > 1)
     if multi.size:
         next_label = n_comp + 1

@@ -107,8 +107,11 @@ def _env(values: dict[str, str]):
                 os.environ[k] = v
 
 
-def save_model(folder: str | os.PathLike, module: torch.nn.Module, config: ModelConfig) -> Path:
+def save_model(folder: str | os.PathLike, module: torch.nn.Module, config: ModelConfig, half: bool = False) -> Path:
     """Write ``model.safetensors`` + ``config.json`` into ``folder`` atomically.
+
+    ``half=True`` stores floating-point weights as float16 (half the file size, used for
+    the shipped starter model); loading casts them back into the float32 model.
 
     Both files are written into a temporary sibling folder which then replaces ``folder``,
     so an interrupted save never leaves a half-written model.
@@ -121,6 +124,8 @@ def save_model(folder: str | os.PathLike, module: torch.nn.Module, config: Model
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
         state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+        if half:
+            state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "napari-nanodefect-model"})
         (tmp / CONFIG).write_text(config.dumps() + "\n", encoding="utf-8")
         old = None
@@ -173,7 +178,8 @@ def load_model(folder: str | os.PathLike | None = None, device: str | torch.devi
         msg = str(exc).splitlines()[0]
         raise NanodefectError(f"weights do not match the architecture in config.json ({msg})", wpath) from exc
     dev = resolve_device(device)
-    module.to(dev).eval()
+    # channels_last is ~1.6x faster for these convolutions on CPU (and fine on GPU)
+    module = module.to(dev).to(memory_format=torch.channels_last).eval()
     return LoadedModel(module=module, config=config, path=folder, device=dev)
 
 

@@ -11,6 +11,9 @@ from ..annotations import AnnotationSet, LabelImage, labels_to_set, write_coco, 
 from .model import LoadedModel
 from .predict import Prediction, predict_image
 
+#: images larger than this are referenced by path only in LabelMe outputs (no imageData)
+LABELME_EMBED_MAX_PIXELS = 4096 * 4096
+
 
 @dataclass
 class PredictionFiles:
@@ -47,7 +50,9 @@ def write_prediction(pred: Prediction, image_path: str | os.PathLike, out_dir: s
     aset.pixel_size_nm = ps
     aset.extra["nanodefect"] = {"scale": pred.scale, "scale_source": pred.scale_source}
     json_path = out_dir / f"{stem}.json"
-    write_labelme(aset, json_path, embed_image="auto")
+    # a base64 copy of a huge image inside the JSON helps nobody: reference it instead
+    embed = "auto" if pred.labels.size <= LABELME_EMBED_MAX_PIXELS else False
+    write_labelme(aset, json_path, embed_image=embed)
     return PredictionFiles(image_path, labels_path, json_path, pred.count, aset, pred)
 
 

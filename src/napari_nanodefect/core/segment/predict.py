@@ -10,9 +10,12 @@ no seams: the result does not depend on where tiles begin.
 
 Scale ``s`` (network pixels per image pixel):
 - when the model and the image both know their pixel size: ``s = image nm/px / model nm/px``;
-- else ``"auto"``: a first pass at the training scale measures the median object
-  diameter; if it is off the trained size by more than a third, a second pass uses
-  ``s = trained diameter / measured diameter``;
+- else ``"auto"``: :func:`estimate_scale` probes a central window of the image at
+  several scales (0.15x to 4x) and keeps the one where the model is most confident about
+  the objects it finds (mean foreground probability inside objects, smoothed over
+  neighbouring scales, at least 4 objects); after the whole-image pass, if the median
+  object is still more than 1.5x larger than the trained size, one more pass at a
+  smaller scale corrects it;
 - or a number given by the user.
 """
 
@@ -99,7 +102,7 @@ def predict_maps(
     model: LoadedModel,
     image: np.ndarray,
     scale: float = 1.0,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     progress: ProgressFn | None = None,
     tile_size: int | None = None,
     overlap: int | None = None,
@@ -108,6 +111,8 @@ def predict_maps(
     class probabilities ``(C, H, W)`` uint8 (None for single-class models)."""
     cfg = model.config
     H, W = image.shape
+    # one tile at a time is fastest on CPU (cache-bound); GPUs want batches
+    batch_size = batch_size or (4 if model.device.type == "cuda" else 1)
     T = int(tile_size or cfg.tile_size)
     O = int(overlap if overlap is not None else cfg.tile_overlap)
     t_in = max(16, int(round(T / scale)))  # tile size in image pixels
@@ -191,6 +196,52 @@ def predict_maps(
     return fg_out, dist_out, cls_out
 
 
+PROBE_SCALES = tuple(float(v) for v in np.exp(np.linspace(np.log(0.15), np.log(4.0), 11)))
+
+
+def estimate_scale(model: LoadedModel, image: np.ndarray, window: int = 448,
+                   candidates: tuple[float, ...] = PROBE_SCALES) -> tuple[float, list[dict]]:
+    """Scale at which the model is most confident about the objects in ``image``.
+
+    A central window (``window`` network px) is segmented at each candidate scale; the
+    score is ``mean_fg ** 8 * log(1 + n)`` (``mean_fg``: mean foreground probability inside
+    the ``n`` objects found; 0 with fewer than 4 objects, or when they cover more than
+    half the window), smoothed over neighbouring scales. On the 22 STEM benchmark images
+    this lands within 1.5x of the scale given by the annotated box sizes for 15 and
+    within 2x for 19 (measured with the starter model). Returns the scale and the per-scale
+    statistics (count, median diameter in network px, score).
+    """
+    H, W = image.shape
+    cfg = model.config
+    stats = []
+    for c in candidates:
+        side = int(min(H, W, max(32, window / c)))
+        y0, x0 = (H - side) // 2, (W - side) // 2
+        crop = image[y0 : y0 + side, x0 : x0 + side]
+        fg, dist, _ = predict_maps(model, crop, c)
+        lab, _ = extract_instances(fg, dist, cfg.fg_threshold, cfg.seed_threshold, cfg.min_area_px / (c * c))
+        n = int(lab.max())
+        score, d_net = 0.0, float("nan")
+        if n:
+            area = np.bincount(lab.ravel())[1:]
+            d_net = float(np.median(2 * np.sqrt(area / np.pi)) * c)
+            mean_fg = np.bincount(lab.ravel(), fg.ravel().astype(np.float64))[1:] / np.maximum(area, 1) / 255.0
+            coverage = float(area.sum()) / lab.size
+            # particles are a minority of a field of view: a window mostly "foreground"
+            # means the model is reading the background as objects at this scale
+            # confident objects, and many of them: few big blobs at too small a scale,
+            # or specks at too large a scale, both score low
+            score = float(mean_fg.mean()) ** 8 * math.log1p(n) if n >= 4 and coverage <= 0.5 else 0.0
+        stats.append({"scale": c, "count": n, "diameter_px": d_net, "score": score})
+    sc = np.array([st["score"] for st in stats])
+    ok = sc > 0
+    if not ok.any():
+        return float(cfg.train_scale or 1.0), stats
+    pad = np.pad(sc, 1, mode="edge")
+    smooth = (pad[:-2] + 2 * pad[1:-1] + pad[2:]) / 4 * ok
+    return float(candidates[int(np.argmax(smooth))]), stats
+
+
 def _median_diameter(labels: np.ndarray) -> tuple[float, int]:
     area = np.bincount(labels.ravel())[1:]
     area = area[area > 0]
@@ -219,7 +270,7 @@ def predict_array(
     *,
     pixel_size_nm: float | None = None,
     scale: float | str | None = "auto",
-    batch_size: int = 4,
+    batch_size: int | None = None,
     keep_foreground: bool = False,
     progress: ProgressFn | None = None,
     tile_size: int | None = None,
@@ -231,28 +282,31 @@ def predict_array(
     cfg = model.config
     times: dict[str, float] = {}
     s, source = choose_scale(model, pixel_size_nm, scale)
-    passes = []
-    if s is None:
-        s = float(cfg.train_scale or 1.0)
-        source = "auto: training scale"
-        passes.append(s)
+    auto = s is None
+    if auto:
+        t0 = time.perf_counter()
+        s, _ = estimate_scale(model, image)
+        times["scale_probe"] = time.perf_counter() - t0
+        source = f"auto: probe chose {s:.3g}"
     t0 = time.perf_counter()
     fg, dist, cls = predict_maps(model, image, s, batch_size, progress, tile_size, overlap)
     times["network"] = time.perf_counter() - t0
     labels, cidx = _extract(fg, dist, cls, cfg, s)
     times["instances"] = time.perf_counter() - t0 - times["network"]
-    if passes:
+    if auto:
         d, n = _median_diameter(labels)
         if n >= 3 and np.isfinite(d):
             ratio = d * s / cfg.object_diameter_px
-            if not 0.75 <= ratio <= 1.33:
-                s2 = float(np.clip(cfg.object_diameter_px / d, s / 4, s * 4))
+            # only downwards: objects much larger than trained. Upwards corrections chase
+            # specks (noise, fragments) and multiply the work, so they are not made.
+            if ratio > 1.5:
+                s2 = float(np.clip(cfg.object_diameter_px / d, s / 2, s))
                 s2 = min(s2, math.sqrt(MAX_NETWORK_PIXELS / image.size))  # bounded compute
                 t1 = time.perf_counter()
                 fg, dist, cls = predict_maps(model, image, s2, batch_size, progress, tile_size, overlap)
                 labels, cidx = _extract(fg, dist, cls, cfg, s2)
                 times["second_pass"] = time.perf_counter() - t1
-                source = f"auto: objects measured {d:.1f} px at scale {s:.3g}, re-run at {s2:.3g}"
+                source += f"; objects measured {d:.1f} px, re-run at {s2:.3g}"
                 s = s2
     names = cfg.classes
     classes = {i + 1: names[int(c)] if len(names) > 1 else names[0] for i, c in enumerate(cidx)}

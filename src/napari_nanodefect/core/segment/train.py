@@ -233,7 +233,7 @@ def train(
     patience: int = 8,
     validate_every_s: float = 4.0,
     val_fraction: float = 0.2,
-    invert_p: float = 0.0,
+    invert_p: float = 0.5,
     scale_jitter: float = 0.25,
     config: ModelConfig | None = None,
     progress: Callable[[TrainProgress], None] | None = None,
