@@ -39,6 +39,8 @@ from napari_nanodefect.core.segment.model import build_model, resolve_device, sa
 from napari_nanodefect.core.segment.train import TrainProgress, fit, seed_everything  # noqa: E402
 from napari_nanodefect.core.synthetic import random_micrograph  # noqa: E402
 
+NOTICE = (ROOT / "src" / "napari_nanodefect" / "models" / "starter-particles" / "NOTICE.txt").read_text() \
+    if (ROOT / "src" / "napari_nanodefect" / "models" / "starter-particles" / "NOTICE.txt").exists() else ""
 DEFAULT_OUT = ROOT / "src" / "napari_nanodefect" / "models" / "starter-particles"
 
 
@@ -168,6 +170,7 @@ def main() -> None:
     }
     module = module.to(memory_format=torch.contiguous_format)
     save_model(args.out, module, cfg, half=True)
+    (Path(args.out) / "NOTICE.txt").write_text(NOTICE)
     size = sum(f.stat().st_size for f in Path(args.out).iterdir()) / 2**20
     print(f"saved {args.out} ({size:.1f} MiB) after {cfg.training['minutes']} min", flush=True)
 
