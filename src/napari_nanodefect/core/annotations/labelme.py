@@ -487,7 +487,8 @@ def write_labelme(
     path = Path(path)
     data = set_to_labelme_dict(aset, path, embed_image=embed_image, holes=holes)
     try:
-        return atomic_write_json(path, data)
+        # pretty-print small files; big ones compactly (the C encoder is ~10x faster)
+        return atomic_write_json(path, data, indent=2 if len(data.get("shapes", ())) <= 1000 else None)
     except ValueError as e:  # NaN etc.
         raise NanodefectError(f"cannot write LabelMe JSON ({e})", path) from None
     except OSError as e:

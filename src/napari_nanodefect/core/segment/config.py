@@ -42,7 +42,7 @@ class ModelConfig:
     pixel_size_nm: float | None = None
     train_scale: float = 1.0
     normalisation: dict[str, float] = field(default_factory=lambda: {"low_percentile": 0.5, "high_percentile": 99.5})
-    tile_size: int = 512
+    tile_size: int = 512  #: largest tile (network px); tiles are spread evenly over the image
     tile_overlap: int = 64
     fg_threshold: float = 0.5
     seed_threshold: float = 0.5

@@ -93,6 +93,17 @@ def _window(n: int, ramp: int) -> np.ndarray:
     return np.maximum(w, 1e-3)
 
 
+def _even_tiles(length: int, t_max: int, overlap: int) -> tuple[list[int], int]:
+    """Tile starts and size along one axis: as few tiles as fit ``t_max`` with at least
+    ``overlap`` px shared, spread evenly so no more pixels are computed than needed."""
+    if length <= t_max:
+        return [0], length
+    n = math.ceil((length - overlap) / (t_max - overlap))
+    t = min(length, math.ceil((length + (n - 1) * overlap) / n))
+    starts = sorted({int(round(v)) for v in np.linspace(0, length - t, n)})
+    return starts, t
+
+
 def _net_size(n: int, s: float, multiple: int = 32) -> int:
     return max(multiple, int(math.ceil(n * s / multiple)) * multiple)
 
@@ -115,17 +126,9 @@ def predict_maps(
     batch_size = batch_size or (4 if model.device.type == "cuda" else 1)
     T = int(tile_size or cfg.tile_size)
     O = int(overlap if overlap is not None else cfg.tile_overlap)
-    t_in = max(16, int(round(T / scale)))  # tile size in image pixels
+    t_in = max(16, int(round(T / scale)))  # largest tile in image pixels
     o_in = max(2, int(round(O / scale)))
-    t_in = min(t_in, max(H, W)) if max(H, W) > 2 * o_in else t_in
-    stride = max(1, t_in - o_in)
-    ys = list(range(0, max(H - t_in, 0) + 1, stride))
-    xs = list(range(0, max(W - t_in, 0) + 1, stride))
-    if ys[-1] + t_in < H:
-        ys.append(H - t_in)
-    if xs[-1] + t_in < W:
-        xs.append(W - t_in)
-    th, tw = min(t_in, H), min(t_in, W)
+    (ys, th), (xs, tw) = _even_tiles(H, t_in, o_in), _even_tiles(W, t_in, o_in)
     wy, wx = _window(th, o_in if len(ys) > 1 else 0), _window(tw, o_in if len(xs) > 1 else 0)
     win = np.outer(wy, wx)
     lo, hi = robust_range(image, cfg.normalisation.get("low_percentile", 0.5), cfg.normalisation.get("high_percentile", 99.5))
@@ -141,7 +144,7 @@ def predict_maps(
     done = 0
     # one band of accumulators per row of tiles: rows [y, y + th)
     acc_top = 0
-    acc = np.zeros((n_ch, min(H, th + stride * 2), W), np.float32)
+    acc = np.zeros((n_ch, th, W), np.float32)  # rows [acc_top, acc_top + th)
     wsum = np.zeros((acc.shape[1], W), np.float32)
 
     def flush(upto: int) -> None:
