@@ -100,6 +100,24 @@ def test_train_and_predict_cli(demo_dir, tmp_path, capsys):
     masks = [coco.annToMask(a) for a in coco.loadAnns(coco.getAnnIds())]
     assert len(masks) == lab.n_objects
     assert sum(int(m.sum()) for m in masks) == int(np.count_nonzero(lab.labels))
+    # measurements: one row per instance, ECD from the pixel count and the file's pixel size
+    import pandas as pd
+
+    parts = pd.read_csv(tmp_path / "p" / "demo_particles.csv")
+    assert len(parts) == lab.n_objects
+    areas = np.bincount(lab.labels.ravel())
+    row = parts.iloc[0]
+    assert row["ecd_nm"] == pytest.approx(2 * np.sqrt(areas[int(row["label"])] / np.pi) * 0.5, rel=1e-5)
+    summ = pd.read_csv(tmp_path / "p" / "summary.csv")
+    assert list(summ["image"]) == ["demo"] and int(summ["count"].iloc[0]) == lab.n_objects
+    interior = parts[~parts["touches_edge"]]
+    assert summ["d50_nm"].iloc[0] == pytest.approx(float(np.median(interior["ecd_nm"])), rel=0.05)
+    # the prediction scored against itself is perfect
+    capsys.readouterr()
+    assert main(["evaluate", "--truth", str(tmp_path / "p" / "demo_labels.tif"), "--pred",
+                 str(tmp_path / "p" / "demo.json"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["pooled"]["at_iou"]["f1"] == 1.0
 
 
 def test_predict_cli_bad_model(tmp_path, capsys):

@@ -13,6 +13,17 @@ Four ways to compare a prediction with the truth:
   each true particle matched at most once.
 * :func:`semantic_scores` — foreground masks: Dice and IoU.
 
+On top of these (``nanodefect evaluate``, and the validation of training):
+
+* :func:`size_scores` — count error, median equivalent circle diameter (ECD) error and
+  the Kolmogorov-Smirnov distance of the two ECD distributions;
+* :func:`coco_map` — COCO mask AP/AP50/AP75/AR with pycocotools (imported lazily);
+* :func:`evaluate_labels` — all of the above for one pair of label images, optionally
+  counted only inside crop rectangles / a region mask;
+* :func:`evaluate_sets` / :func:`evaluate_files` — annotation sets or files (LabelMe,
+  COCO, label TIFFs) paired by image name, per image and pooled over images;
+  :func:`format_evaluation` prints the result as a short table.
+
 Conventions
 -----------
 * Label images are 2-D integer (or bool) arrays, ``0`` = background; any non-negative
@@ -50,13 +61,20 @@ from scipy.sparse.csgraph import connected_components
 
 __all__ = [
     "DEFAULT_IOU_THRESHOLDS",
+    "LABELS_EXTRA_KEY",
     "centroid_in_box",
     "centroid_in_contour",
+    "coco_map",
     "detection_scores",
+    "evaluate_files",
+    "evaluate_labels",
+    "evaluate_sets",
+    "format_evaluation",
     "instance_centroids",
     "match_instances",
     "match_iou_sweep",
     "semantic_scores",
+    "size_scores",
 ]
 
 #: COCO-style IoU thresholds 0.5, 0.55, ..., 0.95
@@ -492,3 +510,778 @@ def semantic_scores(truth_mask: np.ndarray, pred_mask: np.ndarray) -> dict[str, 
         return {"dice": 1.0, "iou": 1.0}
     return {"dice": 2.0 * inter / (nt + np_), "iou": inter / union}
 
+
+
+# --------------------------------------------------------------------------- size distributions
+
+
+def _ecd(areas: np.ndarray) -> np.ndarray:
+    """Equivalent circle diameters ``2 sqrt(area / pi)`` of areas."""
+    return 2.0 * np.sqrt(np.asarray(areas, np.float64) / np.pi)
+
+
+def _as_areas(a: Any, what: str) -> np.ndarray:
+    arr = np.asarray(a if a is not None else [], dtype=np.float64).ravel()
+    if not np.all(np.isfinite(arr)) or (arr.size and arr.min() < 0):
+        raise ValueError(f"{what} must be finite, non-negative areas (px²)")
+    return arr
+
+
+def _median(a: np.ndarray) -> float | None:
+    return float(np.median(a)) if a.size else None
+
+
+def _size_from_ecd(
+    t_px: np.ndarray,
+    p_px: np.ndarray,
+    t_nm: np.ndarray | None = None,
+    p_nm: np.ndarray | None = None,
+    pixel_size_nm: float | None = None,
+) -> dict[str, Any]:
+    """Size statistics from ECDs in px (and nm when both nm arrays are given)."""
+    from scipy.stats import ks_2samp
+
+    n_t, n_p = int(t_px.size), int(p_px.size)
+    use_nm = t_nm is not None and p_nm is not None
+    t_cmp, p_cmp = (t_nm, p_nm) if use_nm else (t_px, p_px)
+    mt, mp = _median(t_cmp), _median(p_cmp)
+    ks_d = ks_p = None
+    if n_t and n_p:
+        ks = ks_2samp(t_cmp, p_cmp)
+        ks_d, ks_p = float(ks.statistic), float(ks.pvalue)
+    return {
+        "n_truth": n_t,
+        "n_pred": n_p,
+        "count_error": n_p - n_t,
+        "count_relative_error": (n_p - n_t) / n_t if n_t else None,
+        "median_ecd_truth_px": _median(t_px),
+        "median_ecd_pred_px": _median(p_px),
+        "median_ecd_truth_nm": _median(t_nm) if use_nm else None,
+        "median_ecd_pred_nm": _median(p_nm) if use_nm else None,
+        "median_ecd_relative_error": (mp - mt) / mt if (mt is not None and mp is not None and mt > 0) else None,
+        "ks_statistic": ks_d,
+        "ks_pvalue": ks_p,
+        "unit": "nm" if use_nm else "px",
+        "pixel_size_nm": None if pixel_size_nm is None else float(pixel_size_nm),
+    }
+
+
+def size_scores(truth_areas: Any, pred_areas: Any, pixel_size_nm: float | None = None) -> dict[str, Any]:
+    """Count and size-distribution agreement of two sets of object areas (px²).
+
+    The equivalent circle diameter of an object is ``ECD = 2 sqrt(area / pi)`` (px; times
+    ``pixel_size_nm`` for nm). Returns (plain numbers; ``None`` where undefined):
+
+    * ``n_truth``, ``n_pred``, ``count_error = n_pred - n_truth``,
+      ``count_relative_error = count_error / n_truth`` (None when ``n_truth == 0``);
+    * ``median_ecd_truth_px`` / ``median_ecd_pred_px`` and the same in ``_nm`` (None
+      without a pixel size, or without objects on that side);
+    * ``median_ecd_relative_error = (median_pred - median_truth) / median_truth``;
+    * ``ks_statistic``, ``ks_pvalue``: two-sample Kolmogorov-Smirnov test
+      (:func:`scipy.stats.ks_2samp`) of the two ECD distributions (None when a side is
+      empty). ``unit`` says whether the ECDs compared were in ``nm`` or ``px`` (the
+      relative error and KS statistic do not depend on it for one pixel size).
+    """
+    t = _as_areas(truth_areas, "truth_areas")
+    p = _as_areas(pred_areas, "pred_areas")
+    if pixel_size_nm is not None and not (np.isfinite(pixel_size_nm) and pixel_size_nm > 0):
+        raise ValueError(f"pixel_size_nm must be a positive number, got {pixel_size_nm!r}")
+    t_px, p_px = _ecd(t), _ecd(p)
+    if pixel_size_nm is None:
+        return _size_from_ecd(t_px, p_px)
+    ps = float(pixel_size_nm)
+    return _size_from_ecd(t_px, p_px, t_px * ps, p_px * ps, ps)
+
+
+# --------------------------------------------------------------------------- COCO mAP
+
+
+def _import_pycocotools():
+    try:
+        from pycocotools import mask as mask_utils
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError:
+        from .errors import NanodefectError
+
+        raise NanodefectError("COCO mAP needs pycocotools: pip install pycocotools") from None
+    return mask_utils, COCO, COCOeval
+
+
+def _label_rles(lab: np.ndarray, mask_utils: Any) -> list[tuple[int, dict, int, list[float]]]:
+    """``(label value, compressed RLE, area, [x, y, w, h])`` of every instance.
+
+    The column-major runs of each instance are computed from its own pixels (not a
+    full-image mask per object), then compressed by ``pycocotools.mask.frPyObjects``:
+    the result is identical to ``mask.encode`` of the instance's Fortran-ordered
+    uint8 mask, at a cost proportional to the object, not to the image.
+    """
+    from scipy import ndimage
+
+    values, areas = _label_areas(lab.ravel())
+    if values.size == 0:
+        return []
+    H, W = lab.shape
+    dense = np.zeros(lab.shape, np.int32)
+    nz = lab != 0
+    dense[nz] = np.searchsorted(values, lab[nz]) + 1
+    out = []
+    for k, sl in enumerate(ndimage.find_objects(dense, max_label=values.size), start=1):
+        if sl is None:
+            continue
+        r0, c0 = sl[0].start, sl[1].start
+        cc, rr = np.nonzero((dense[sl] == k).T)  # column-major order
+        idx = (cc.astype(np.int64) + c0) * H + (rr.astype(np.int64) + r0)
+        brk = np.flatnonzero(np.diff(idx) != 1)
+        starts = np.concatenate(([idx[0]], idx[brk + 1]))
+        ends = np.concatenate((idx[brk] + 1, [idx[-1] + 1]))
+        n = starts.size
+        counts = np.empty(2 * n + 1, np.int64)
+        counts[0] = starts[0]
+        counts[1::2] = ends - starts
+        counts[2 : 2 * n : 2] = starts[1:] - ends[:-1]
+        counts[2 * n] = H * W - ends[-1]
+        if counts[-1] == 0:
+            counts = counts[:-1]
+        rle = mask_utils.frPyObjects({"size": [H, W], "counts": counts.tolist()}, H, W)
+        bbox = [float(c0), float(r0), float(sl[1].stop - c0), float(sl[0].stop - r0)]
+        out.append((int(values[k - 1]), rle, int(areas[k - 1]), bbox))
+    return out
+
+
+def coco_map(
+    truth_labels_list: Sequence[np.ndarray],
+    pred_labels_list: Sequence[np.ndarray],
+    scores: Sequence[dict[int, float] | None] | None = None,
+) -> dict[str, Any]:
+    """COCO mask AP of predicted instance label images against the truth (pycocotools).
+
+    One COCO image per pair of label images (same shape), every instance one annotation
+    of a single class (class-agnostic), masks as RLE. ``scores``: per image, a mapping
+    *prediction label value -> confidence* (or None); a prediction without a score gets
+    **1.0**. Predictions written by ``nanodefect predict`` carry no confidence, so all
+    their scores are 1.0: the ranking is then arbitrary, and AP measures a single
+    operating point (precision x recall at each IoU) rather than a precision-recall
+    curve. ``score_source`` in the result says which case applies.
+
+    Evaluation is ``COCOeval(iouType="segm")`` with one area range (``all``; the COCO
+    small/medium/large split in px² means little for micrographs) and ``maxDets =
+    [1, 10, max(100, most objects in one image)]``: COCO's default of 100 detections per
+    image would silently drop the rest of a micrograph with hundreds of particles. The
+    numbers are read from ``COCOeval.eval`` directly (``summarize()`` hard-codes 100 for
+    AP). Returns ``ap`` (IoU 0.50:0.95), ``ap50``, ``ap75``, ``ar`` (recall at
+    ``max_dets`` detections, averaged over IoU 0.50:0.95; COCO's AR@100 when no image
+    has more than 100 objects), ``max_dets``, ``n_images``, ``n_truth``, ``n_pred``,
+    ``score_source``. Values are None when undefined (no true objects at all).
+
+    pycocotools is imported here; without it :class:`NanodefectError` says how to install
+    it. COCOeval's matching loop is pure Python: thousands of objects per image take
+    seconds.
+    """
+    mask_utils, COCO, COCOeval = _import_pycocotools()
+    import contextlib
+    import io
+
+    truth_labels_list = list(truth_labels_list)
+    pred_labels_list = list(pred_labels_list)
+    if len(truth_labels_list) != len(pred_labels_list):
+        raise ValueError(f"{len(truth_labels_list)} truth but {len(pred_labels_list)} prediction label images")
+    if scores is not None and len(scores) != len(pred_labels_list):
+        raise ValueError(f"scores must have one entry per image ({len(pred_labels_list)}), got {len(scores)}")
+    images: list[dict] = []
+    gts: list[dict] = []
+    dts: list[dict] = []
+    any_score = False
+    n_max = 0
+    for i, (t_arr, p_arr) in enumerate(zip(truth_labels_list, pred_labels_list)):
+        t = _as_labels(t_arr, "truth")
+        p = _as_labels(p_arr, "pred")
+        if t.shape != p.shape:
+            raise ValueError(f"image {i + 1}: truth and pred shapes differ: {t.shape} vs {p.shape}")
+        H, W = t.shape
+        images.append({"id": i + 1, "height": int(H), "width": int(W), "file_name": f"image_{i + 1}"})
+        t_objs = _label_rles(t, mask_utils)
+        p_objs = _label_rles(p, mask_utils)
+        n_max = max(n_max, len(t_objs), len(p_objs))
+        for _, rle, area, bbox in t_objs:
+            gts.append({"id": len(gts) + 1, "image_id": i + 1, "category_id": 1, "segmentation": rle,
+                        "area": float(area), "bbox": bbox, "iscrowd": 0})
+        sc = (scores[i] if scores is not None else None) or {}
+        for value, rle, area, bbox in p_objs:
+            s = sc.get(value)
+            any_score = any_score or s is not None
+            dts.append({"id": len(dts) + 1, "image_id": i + 1, "category_id": 1, "segmentation": rle,
+                        "area": float(area), "bbox": bbox, "iscrowd": 0,
+                        "score": 1.0 if s is None else float(s)})
+    max_dets = max(100, n_max)
+    out: dict[str, Any] = {"ap": None, "ap50": None, "ap75": None, "ar": None, "max_dets": int(max_dets),
+                           "n_images": len(images), "n_truth": len(gts), "n_pred": len(dts),
+                           "score_source": "predictions" if any_score else "none: every prediction scored 1.0"}
+    if not gts:
+        return out
+    cats = [{"id": 1, "name": "object"}]
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        gt = COCO()
+        gt.dataset = {"images": images, "categories": cats, "annotations": gts}
+        gt.createIndex()
+        dt = COCO()
+        dt.dataset = {"images": images, "categories": cats, "annotations": dts}
+        dt.createIndex()
+        ev = COCOeval(gt, dt, iouType="segm")
+        ev.params.maxDets = [1, 10, int(max_dets)]
+        ev.params.areaRng = [[0.0, 1e12]]
+        ev.params.areaRngLbl = ["all"]
+        ev.evaluate()
+        ev.accumulate()
+    prec = ev.eval["precision"][:, :, :, 0, -1]  # [T, R, K]
+    rec = ev.eval["recall"][:, :, 0, -1]  # [T, K]
+    thr = np.asarray(ev.params.iouThrs)
+
+    def _mean(a: np.ndarray) -> float | None:
+        a = a[a > -1]
+        return float(a.mean()) if a.size else None
+
+    out["ap"] = _mean(prec)
+    out["ap50"] = _mean(prec[np.isclose(thr, 0.5)])
+    out["ap75"] = _mean(prec[np.isclose(thr, 0.75)])
+    out["ar"] = _mean(rec)
+    return out
+
+
+# --------------------------------------------------------------------------- one image pair
+
+
+def _crop_rects(crops: Any) -> list[tuple[float, float, float, float]] | None:
+    """Crops (objects with ``x0, y0, x1, y1`` attributes, or 4-sequences ``x0, y0, x1, y1``)
+    as float tuples; None when there are none."""
+    if crops is None:
+        return None
+    rects = []
+    for c in crops:
+        if hasattr(c, "x0"):
+            x0, y0, x1, y1 = c.x0, c.y0, c.x1, c.y1
+        else:
+            x0, y0, x1, y1 = (float(v) for v in c)
+        x0, x1 = sorted((float(x0), float(x1)))
+        y0, y1 = sorted((float(y0), float(y1)))
+        rects.append((x0, y0, x1, y1))
+    return rects or None
+
+
+def _in_rects(yx: np.ndarray, rects: list[tuple[float, float, float, float]]) -> np.ndarray:
+    inside = np.zeros(len(yx), bool)
+    for x0, y0, x1, y1 in rects:
+        inside |= (yx[:, 0] >= y0) & (yx[:, 0] < y1) & (yx[:, 1] >= x0) & (yx[:, 1] < x1)
+    return inside
+
+
+def _rects_mask(rects: list[tuple[float, float, float, float]], shape: tuple[int, int]) -> np.ndarray:
+    """Pixels whose centre lies inside any rectangle."""
+    m = np.zeros(shape, bool)
+    for x0, y0, x1, y1 in rects:
+        r0, r1 = int(np.ceil(y0 - 0.5)), int(np.ceil(y1 - 0.5))
+        c0, c1 = int(np.ceil(x0 - 0.5)), int(np.ceil(x1 - 0.5))
+        m[max(r0, 0) : max(r1, 0), max(c0, 0) : max(c1, 0)] = True
+    return m
+
+
+def _in_mask(yx: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    if len(yx) == 0:
+        return np.zeros(0, bool)
+    r = np.clip(np.floor(yx[:, 0]).astype(np.int64), 0, mask.shape[0] - 1)
+    c = np.clip(np.floor(yx[:, 1]).astype(np.int64), 0, mask.shape[1] - 1)
+    return mask[r, c]
+
+
+def _counted(m: dict[str, Any], t_lab: np.ndarray, p_lab: np.ndarray, t_in: np.ndarray, p_in: np.ndarray) -> dict[str, Any]:
+    """An IoU matching (:func:`_match_from_table`) counted in the region (see
+    :func:`_region_scores`); JSON-friendly (no arrays)."""
+    pairs = m["pairs"]
+    ti = np.searchsorted(t_lab, pairs[:, 0])
+    pi = np.searchsorted(p_lab, pairs[:, 1])
+    out = _region_scores(t_in, p_in, ti, pi)
+    ious = m["pair_iou"][t_in[ti]] if ti.size else np.zeros(0)
+    out["iou_threshold"] = m["iou_threshold"]
+    out["mean_matched_iou"] = float(ious.mean()) if ious.size else 0.0
+    denom = out["tp"] + 0.5 * (out["fp"] + out["fn"])
+    out["panoptic_quality"] = float(ious.sum() / denom) if denom else 1.0
+    out["matched_iou_sum"] = float(ious.sum())
+    return out
+
+
+def _semantic_counts(tm: np.ndarray, pm: np.ndarray) -> dict[str, Any]:
+    inter = int(np.count_nonzero(tm & pm))
+    nt, np_ = int(np.count_nonzero(tm)), int(np.count_nonzero(pm))
+    return _semantic_from_counts(inter, nt, np_)
+
+
+def _semantic_from_counts(inter: int, nt: int, np_: int) -> dict[str, Any]:
+    if nt + np_ == 0:
+        dice = iou = 1.0
+    else:
+        dice, iou = 2.0 * inter / (nt + np_), inter / (nt + np_ - inter)
+    return {"dice": float(dice), "iou": float(iou), "tp_px": inter, "truth_px": nt, "pred_px": np_}
+
+
+def _keep_labels(lab: np.ndarray, values: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """``lab`` with the instances whose value is in ``values[~keep]`` set to 0."""
+    if keep.all():
+        return lab
+    out = lab.copy()
+    out[np.isin(lab, values[~keep])] = 0
+    return out
+
+
+def _evaluate_pair(
+    truth: np.ndarray,
+    pred: np.ndarray,
+    iou_threshold: float,
+    pixel_size_nm: float | None,
+    crops: Any,
+    region_mask: np.ndarray | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per-image result (JSON-friendly) and what pooling needs (areas, counted label
+    images, matched IoU sums)."""
+    t = _as_labels(truth, "truth")
+    p = _as_labels(pred, "pred")
+    if t.shape != p.shape:
+        raise ValueError(f"truth and pred shapes differ: {t.shape} vs {p.shape}")
+    thr = float(iou_threshold)
+    if not 0.0 < thr <= 1.0:
+        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+    if pixel_size_nm is not None and not (np.isfinite(pixel_size_nm) and pixel_size_nm > 0):
+        raise ValueError(f"pixel_size_nm must be a positive number, got {pixel_size_nm!r}")
+    rects = _crop_rects(crops)
+    if region_mask is not None:
+        region_mask = np.asarray(region_mask, bool)
+        if region_mask.shape != t.shape:
+            raise ValueError(f"region_mask shape {region_mask.shape} differs from the label images' {t.shape}")
+    tab = _overlaps(t, p)
+    t_lab, p_lab = tab["t_lab"], tab["p_lab"]
+    restricted = rects is not None or region_mask is not None
+    if restricted:
+        _, t_cent = instance_centroids(t)
+        _, p_cent = instance_centroids(p)
+        t_in = np.ones(t_lab.size, bool)
+        p_in = np.ones(p_lab.size, bool)
+        pix = np.ones(t.shape, bool)
+        if rects is not None:
+            t_in &= _in_rects(t_cent, rects)
+            p_in &= _in_rects(p_cent, rects)
+            pix &= _rects_mask(rects, t.shape)
+        if region_mask is not None:
+            t_in &= _in_mask(t_cent, region_mask)
+            p_in &= _in_mask(p_cent, region_mask)
+            pix &= region_mask
+        sem = _semantic_counts((t != 0) & pix, (p != 0) & pix)
+    else:
+        t_in = np.ones(t_lab.size, bool)
+        p_in = np.ones(p_lab.size, bool)
+        sem = _semantic_counts(t != 0, p != 0)
+
+    at = _counted(_match_from_table(tab, thr), t_lab, p_lab, t_in, p_in)
+    sweep_res = [_counted(_match_from_table(tab, x), t_lab, p_lab, t_in, p_in) for x in DEFAULT_IOU_THRESHOLDS]
+    sweep = {
+        "thresholds": list(DEFAULT_IOU_THRESHOLDS),
+        "precision": [r["precision"] for r in sweep_res],
+        "recall": [r["recall"] for r in sweep_res],
+        "f1": [r["f1"] for r in sweep_res],
+        "tp": [r["tp"] for r in sweep_res],
+        "fp": [r["fp"] for r in sweep_res],
+        "fn": [r["fn"] for r in sweep_res],
+        "mean_f1": float(np.mean([r["f1"] for r in sweep_res])),
+    }
+    cic = centroid_in_contour(t, p)
+    ti = np.searchsorted(t_lab, cic["pairs"][:, 0])
+    cen = _region_scores(t_in, p_in, ti, cic["pairs"][:, 1])
+    t_areas, p_areas = tab["t_area"][t_in], tab["p_area"][p_in]
+    res = {
+        "shape": [int(t.shape[0]), int(t.shape[1])],
+        "pixel_size_nm": None if pixel_size_nm is None else float(pixel_size_nm),
+        "crops": 0 if rects is None else len(rects),
+        "at_iou": {k: v for k, v in at.items() if k != "matched_iou_sum"},
+        "iou_sweep": sweep,
+        "centroid_in_contour": cen,
+        "semantic": sem,
+        "size": size_scores(t_areas, p_areas, pixel_size_nm),
+    }
+    extra = {
+        "truth_areas": t_areas,
+        "pred_areas": p_areas,
+        "matched_iou_sum": at["matched_iou_sum"],
+        "truth_counted": _keep_labels(t, t_lab, t_in) if restricted else t,
+        "pred_counted": _keep_labels(p, p_lab, p_in) if restricted else p,
+    }
+    return res, extra
+
+
+def evaluate_labels(
+    truth: np.ndarray,
+    pred: np.ndarray,
+    iou_threshold: float = 0.5,
+    pixel_size_nm: float | None = None,
+    *,
+    crops: Any = None,
+    region_mask: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """All scores of one pair of instance label images (same shape); JSON-friendly.
+
+    * ``at_iou``: :func:`match_instances` at ``iou_threshold``: ``tp, fp, fn, n_truth,
+      n_pred, precision, recall, f1, iou_threshold, mean_matched_iou, panoptic_quality``;
+    * ``iou_sweep``: ``thresholds`` 0.5, 0.55, … 0.95 with ``precision``, ``recall``,
+      ``f1``, ``tp``, ``fp``, ``fn`` (lists) and ``mean_f1``;
+    * ``centroid_in_contour``: Okunev's rule (:func:`centroid_in_contour`): ``tp, fp, fn,
+      n_truth, n_pred, precision, recall, f1``;
+    * ``semantic``: Dice and IoU of the foreground masks, with the pixel counts
+      ``tp_px``, ``truth_px``, ``pred_px``;
+    * ``size``: :func:`size_scores` of the object areas (pixel counts);
+    * ``shape``, ``pixel_size_nm``, ``crops`` (number of crop rectangles).
+
+    Restricting the counting (fully annotated regions): ``crops`` (rectangles
+    ``x0, y0, x1, y1`` in pixel-corner coordinates, or :class:`~.annotations.Crop`
+    objects) and/or ``region_mask`` (bool image). The matching is done on the whole
+    images; then a true object counts when its centroid lies inside a crop (and in the
+    mask): TP when matched, else FN; an unmatched prediction counts (FP) when its
+    centroid lies inside; a prediction matched to a true object outside is ignored.
+    Sizes use the objects whose centroid is inside; Dice/IoU use the pixels inside
+    (pixel centre inside a crop, and in the mask). Object centroids are pixel-corner
+    coordinates (module docstring); a centroid is in the mask when its pixel is.
+    """
+    return _evaluate_pair(truth, pred, iou_threshold, pixel_size_nm, crops, region_mask)[0]
+
+
+# --------------------------------------------------------------------------- annotation sets
+
+#: key of ``AnnotationSet.extra`` holding a ready instance label image (set by
+#: :func:`evaluate_files` for label TIFFs, so they are not traced and rasterised again)
+LABELS_EXTRA_KEY = "nanodefect_evaluate_labels"
+
+
+def _names_of(aset: Any) -> list[str]:
+    """Keys to pair an annotation set by (case-folded): the image file's stem, then the
+    annotation file's stem; ``<stem>_labels`` counts as ``<stem>``."""
+    from pathlib import Path
+
+    names = []
+    if aset.image_path:
+        names.append(Path(str(aset.image_path).replace("\\", "/")).stem)
+    if aset.source is not None:
+        names.append(Path(aset.source).stem)
+    out: list[str] = []
+    for n in names:
+        n = n.casefold().removesuffix("_labels")
+        if n and n not in out:
+            out.append(n)
+    return out
+
+
+def _display_name(aset: Any, k: int) -> str:
+    from pathlib import Path
+
+    if aset.image_path:
+        return Path(str(aset.image_path).replace("\\", "/")).stem
+    if aset.source is not None:
+        return Path(aset.source).stem.removesuffix("_labels")
+    return f"image_{k + 1}"
+
+
+def _pair_sets(truth_sets: list, pred_sets: list) -> tuple[list[tuple[int, int]], list[int], list[int]]:
+    """Index pairs (truth, pred) matched by name; first by the primary names (image
+    stems), then by any name; each set used at most once, in truth order."""
+    t_names = [_names_of(s) for s in truth_sets]
+    p_names = [_names_of(s) for s in pred_sets]
+    used: set[int] = set()
+    pairs: list[tuple[int, int]] = []
+    unmatched_t: list[int] = []
+    for ti, tn in enumerate(t_names):
+        found = None
+        for depth in (1, None):  # primary name against primary names, then all against all
+            for name in tn[:depth]:
+                for pj, pn in enumerate(p_names):
+                    if pj not in used and name in pn[:depth]:
+                        found = pj
+                        break
+                if found is not None:
+                    break
+            if found is not None:
+                break
+        if found is None:
+            unmatched_t.append(ti)
+        else:
+            used.add(found)
+            pairs.append((ti, found))
+    unmatched_p = [j for j in range(len(pred_sets)) if j not in used]
+    return pairs, unmatched_t, unmatched_p
+
+
+def _set_labels(aset: Any, shape: tuple[int, int]) -> np.ndarray:
+    lab = aset.extra.get(LABELS_EXTRA_KEY) if isinstance(aset.extra, dict) else None
+    if lab is not None:
+        return np.asarray(lab)
+    from .annotations import objects_to_labels
+
+    return objects_to_labels(aset.objects, shape).labels
+
+
+def _set_scores(aset: Any, labels: np.ndarray) -> dict[int, float] | None:
+    """Label value -> confidence for the objects that carry a ``score`` (the label under
+    most of the object's pixels; the highest score when several map to one label)."""
+    scored = [o for o in aset.objects if getattr(o, "score", None) is not None]
+    if not scored:
+        return None
+    from .annotations.geometry import rasterize_rings
+
+    out: dict[int, float] = {}
+    for o in scored:
+        m, r0, c0 = rasterize_rings(o.rings, labels.shape)
+        if not m.size or not m.any():
+            continue
+        vals = labels[r0 : r0 + m.shape[0], c0 : c0 + m.shape[1]][m]
+        vals = vals[vals != 0]
+        if vals.size == 0:
+            continue
+        u, c = np.unique(vals, return_counts=True)
+        v = int(u[np.argmax(c)])
+        out[v] = max(out.get(v, -np.inf), float(o.score))
+    return out
+
+
+def _pooled(results: list[dict[str, Any]], extras: list[dict[str, Any]], pixel_sizes: list[float | None],
+            iou_threshold: float) -> dict[str, Any]:
+    def _sum(section: str, key: str) -> int:
+        return int(sum(r[section][key] for r in results))
+
+    tp, fp, fn = _sum("at_iou", "tp"), _sum("at_iou", "fp"), _sum("at_iou", "fn")
+    at = detection_scores(tp, tp + fn, tp + fp)
+    iou_sum = float(sum(e["matched_iou_sum"] for e in extras))
+    denom = tp + 0.5 * (fp + fn)
+    at.update({"iou_threshold": float(iou_threshold), "mean_matched_iou": iou_sum / tp if tp else 0.0,
+               "panoptic_quality": iou_sum / denom if denom else 1.0})
+    thr = list(DEFAULT_IOU_THRESHOLDS)
+    per_thr = []
+    for k in range(len(thr)):
+        stp = sum(r["iou_sweep"]["tp"][k] for r in results)
+        sfp = sum(r["iou_sweep"]["fp"][k] for r in results)
+        sfn = sum(r["iou_sweep"]["fn"][k] for r in results)
+        per_thr.append(detection_scores(stp, stp + sfn, stp + sfp))
+    sweep = {"thresholds": thr}
+    for key in ("precision", "recall", "f1", "tp", "fp", "fn"):
+        sweep[key] = [d[key] for d in per_thr]
+    sweep["mean_f1"] = float(np.mean(sweep["f1"]))
+    ctp, cfp, cfn = (_sum("centroid_in_contour", k) for k in ("tp", "fp", "fn"))
+    sem = _semantic_from_counts(_sum("semantic", "tp_px"), _sum("semantic", "truth_px"), _sum("semantic", "pred_px"))
+    t_area = [e["truth_areas"] for e in extras]
+    p_area = [e["pred_areas"] for e in extras]
+    t_px = _ecd(np.concatenate(t_area)) if t_area else np.zeros(0)
+    p_px = _ecd(np.concatenate(p_area)) if p_area else np.zeros(0)
+    common = set(pixel_sizes)
+    if pixel_sizes and None not in common:
+        t_nm = np.concatenate([_ecd(a) * ps for a, ps in zip(t_area, pixel_sizes)])
+        p_nm = np.concatenate([_ecd(a) * ps for a, ps in zip(p_area, pixel_sizes)])
+        size = _size_from_ecd(t_px, p_px, t_nm, p_nm, pixel_sizes[0] if len(common) == 1 else None)
+    else:
+        size = _size_from_ecd(t_px, p_px)
+    return {
+        "n_images": len(results),
+        "at_iou": at,
+        "iou_sweep": sweep,
+        "centroid_in_contour": detection_scores(ctp, ctp + cfn, ctp + cfp),
+        "semantic": sem,
+        "size": size,
+    }
+
+
+def evaluate_sets(truth_sets: Sequence[Any], pred_sets: Sequence[Any], iou_threshold: float = 0.5) -> dict[str, Any]:
+    """Score predicted annotation sets against true ones, image by image and pooled.
+
+    Pairing: by image name, case-insensitive: the stem of ``image_path`` (else of the
+    annotation file, ``<stem>_labels.tif`` counting as ``<stem>``); image stems are
+    tried first, then annotation file stems. Only ``objects`` are scored (lines, points
+    are not), class-agnostically. Each side is rasterised to an instance label image
+    (:func:`~.annotations.objects_to_labels`; a set may instead carry a ready label
+    image in ``extra[LABELS_EXTRA_KEY]``). The image size comes from the truth set, else
+    from the prediction; the two must agree. The pixel size comes from the truth set,
+    else from the prediction.
+
+    Crops: when a truth set has crop rectangles (``AnnotationSet.crops``, fully annotated
+    regions), only the true objects and the predicted objects whose centroid lies inside
+    a crop count, and Dice/IoU only use the pixels inside the crops (details in
+    :func:`evaluate_labels`); COCO mAP uses the objects whose centroid is inside.
+
+    Returns ``iou_threshold``, ``images`` (one dict per pair, in truth order: ``name``,
+    ``truth``/``pred`` (annotation files), then :func:`evaluate_labels`' keys),
+    ``pooled`` (over all pairs: ``tp/fp/fn`` summed before P/R/F1 for ``at_iou``,
+    ``iou_sweep`` and ``centroid_in_contour``; pixel counts summed for ``semantic``;
+    all objects for ``size`` (nm when every image has a pixel size); ``coco``:
+    :func:`coco_map` over all images, scores from the predicted objects' ``score`` where
+    present, else 1.0), ``unmatched_truth`` / ``unmatched_pred`` (names not paired).
+    Raises :class:`NanodefectError` for size mismatches or an unknown image size.
+    """
+    from .errors import NanodefectError
+
+    truth_sets, pred_sets = list(truth_sets), list(pred_sets)
+    pairs, un_t, un_p = _pair_sets(truth_sets, pred_sets)
+    results, extras, pixel_sizes, scores = [], [], [], []
+    for ti, pj in pairs:
+        ts, ps = truth_sets[ti], pred_sets[pj]
+        name = _display_name(ts, ti)
+        t_shape = _set_shape(ts)
+        p_shape = _set_shape(ps)
+        if t_shape is not None and p_shape is not None and t_shape != p_shape:
+            raise NanodefectError(f"image {name!r}: truth is {t_shape[0]}x{t_shape[1]} px but the prediction is "
+                                  f"{p_shape[0]}x{p_shape[1]} px", ps.source)
+        shape = t_shape or p_shape
+        if shape is None:
+            raise NanodefectError(f"image {name!r}: image size unknown on both sides", ts.source)
+        t_lab = _set_labels(ts, shape)
+        p_lab = _set_labels(ps, shape)
+        px = ts.pixel_size_nm or ps.pixel_size_nm
+        crops = list(ts.crops) or None
+        res, extra = _evaluate_pair(t_lab, p_lab, iou_threshold, px, crops, None)
+        results.append({"name": name, "truth": None if ts.source is None else str(ts.source),
+                        "pred": None if ps.source is None else str(ps.source), **res})
+        extras.append(extra)
+        pixel_sizes.append(px)
+        scores.append(_set_scores(ps, extra["pred_counted"]))
+    pooled = _pooled(results, extras, pixel_sizes, iou_threshold)
+    try:
+        pooled["coco"] = coco_map([e["truth_counted"] for e in extras], [e["pred_counted"] for e in extras], scores)
+    except NanodefectError as e:  # pycocotools missing: the other scores still stand
+        pooled["coco"] = {"ap": None, "ap50": None, "ap75": None, "ar": None, "error": e.problem}
+    return {
+        "iou_threshold": float(iou_threshold),
+        "pooled": pooled,
+        "images": results,
+        "unmatched_truth": [_display_name(truth_sets[i], i) for i in un_t],
+        "unmatched_pred": [_display_name(pred_sets[j], j) for j in un_p],
+    }
+
+
+def _set_shape(aset: Any) -> tuple[int, int] | None:
+    lab = aset.extra.get(LABELS_EXTRA_KEY) if isinstance(aset.extra, dict) else None
+    if lab is not None:
+        return (int(np.shape(lab)[0]), int(np.shape(lab)[1]))
+    return aset.image_shape
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _label_tiff_set(path: Any) -> Any:
+    """An annotation set carrying the label image of a label TIFF (no tracing; empty
+    label images are fine: a prediction may find nothing)."""
+    from pathlib import Path
+
+    from .annotations import AnnotationSet, read_label_tiff
+
+    path = Path(path)
+    li = read_label_tiff(path)
+    H, W = li.labels.shape
+    stem = path.stem.removesuffix("_labels")
+    return AnnotationSet(image_path=li.image_path or f"{stem}.png", image_height=int(H), image_width=int(W),
+                         pixel_size_nm=li.pixel_size_nm, source=path, extra={LABELS_EXTRA_KEY: li.labels})
+
+
+def _load_side(src: Any, images: Any) -> list[Any]:
+    from pathlib import Path
+
+    from .annotations import load_annotations, read_labelme_folder
+
+    p = Path(src)
+    tif = (".tif", ".tiff")
+    if p.is_file() and p.suffix.lower() in tif:
+        return [_label_tiff_set(p)]
+    if p.is_dir():
+        sets = read_labelme_folder(p, allow_empty=True)
+        if sets:
+            return sets
+        files = sorted(f for f in p.iterdir() if f.suffix.lower() in tif and f.stem.endswith("_labels"))
+        if files:
+            return [_label_tiff_set(f) for f in files]
+    return load_annotations(p, images)
+
+
+def evaluate_files(truth: Any, pred: Any, iou_threshold: float = 0.5, images: Any = None) -> dict[str, Any]:
+    """``nanodefect evaluate``: load both sides (a LabelMe file or folder, a COCO file, a
+    label TIFF or a folder of ``*_labels.tif``; ``images``: folder of the images COCO
+    files refer to) and run :func:`evaluate_sets`. Label TIFFs are used as they are
+    (empty ones too). Raises :class:`NanodefectError` when no image pair matches (both
+    sides' names are listed), when sizes differ, or for a bad ``iou_threshold``."""
+    from .errors import NanodefectError
+
+    thr = float(iou_threshold)
+    if not 0.0 < thr <= 1.0:
+        raise NanodefectError(f"--iou must be in (0, 1], got {iou_threshold}")
+    t_sets = _load_side(truth, images)
+    p_sets = _load_side(pred, images)
+    pairs, _, _ = _pair_sets(t_sets, p_sets)
+    if not pairs:
+        tn = ", ".join(_display_name(s, k) for k, s in enumerate(t_sets)) or "(none)"
+        pn = ", ".join(_display_name(s, k) for k, s in enumerate(p_sets)) or "(none)"
+        raise NanodefectError(f"no image of the prediction matches an image of the truth by name; truth: {tn}; "
+                              f"prediction: {pn}")
+    try:
+        res = evaluate_sets(t_sets, p_sets, thr)
+    except ValueError as e:
+        raise NanodefectError(str(e)) from None
+    res["truth_source"] = str(truth)
+    res["pred_source"] = str(pred)
+    return res
+
+
+# --------------------------------------------------------------------------- text
+
+
+def _f(v: Any, fmt: str = ".3f") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def _pct(v: Any) -> str:
+    return "-" if v is None else f"{100 * v:+.1f} %"
+
+
+def format_evaluation(res: dict[str, Any]) -> str:
+    """A short text report of :func:`evaluate_sets` / :func:`evaluate_files`: pooled
+    scores first, then one line per image, then the images that were not paired."""
+    po = res["pooled"]
+    thr = res["iou_threshold"]
+    a, sw, c, se, sz, co = (po[k] for k in ("at_iou", "iou_sweep", "centroid_in_contour", "semantic", "size", "coco"))
+    unit = sz["unit"]
+    lines = [
+        f"{po['n_images']} image pair(s), pooled:",
+        (f"  IoU >= {thr:.2f}          P {a['precision']:.3f}  R {a['recall']:.3f}  F1 {a['f1']:.3f}  "
+         f"(tp {a['tp']}, fp {a['fp']}, fn {a['fn']}); mean matched IoU {a['mean_matched_iou']:.3f}"),
+        (f"  IoU 0.50:0.95        mean F1 {sw['mean_f1']:.3f}  (F1 at 0.50 {sw['f1'][0]:.3f}, "
+         f"0.75 {sw['f1'][5]:.3f}, 0.95 {sw['f1'][-1]:.3f})"),
+        (f"  centroid in contour  P {c['precision']:.3f}  R {c['recall']:.3f}  F1 {c['f1']:.3f}  "
+         f"(tp {c['tp']}, fp {c['fp']}, fn {c['fn']})"),
+        f"  foreground           Dice {se['dice']:.3f}  IoU {se['iou']:.3f}",
+    ]
+    if co.get("error"):
+        lines.append(f"  COCO mask AP         not computed: {co['error']}")
+    else:
+        scores = ("confidences of the predictions" if co["score_source"] == "predictions"
+                  else "no confidences, every prediction scored 1.0")
+        lines.append(f"  COCO mask AP         AP {_f(co['ap'])}  AP50 {_f(co['ap50'])}  AP75 {_f(co['ap75'])}  "
+                     f"AR {_f(co['ar'])}  (max {co['max_dets']} det./image; {scores})")
+    lines += [
+        (f"  count                truth {sz['n_truth']}  pred {sz['n_pred']}  error {sz['count_error']:+d} "
+         f"({_pct(sz['count_relative_error'])})"),
+        (f"  median ECD           truth {_f(sz[f'median_ecd_truth_{unit}'], '.4g')} {unit}  pred "
+         f"{_f(sz[f'median_ecd_pred_{unit}'], '.4g')} {unit}  error {_pct(sz['median_ecd_relative_error'])}  "
+         f"KS D {_f(sz['ks_statistic'])} (p {_f(sz['ks_pvalue'], '.3g')})"),
+        "per image:",
+    ]
+    w = max([5] + [len(r["name"]) for r in res["images"]])
+    lines.append(f"  {'image':<{w}}  truth   pred  P@{thr:.2f}  R@{thr:.2f}  F1@{thr:.2f}  F1 cic   Dice  ECD err")
+    for r in res["images"]:
+        a, c, se, sz = r["at_iou"], r["centroid_in_contour"], r["semantic"], r["size"]
+        lines.append(f"  {r['name']:<{w}}  {a['n_truth']:>5}  {a['n_pred']:>5}  {a['precision']:>6.3f}  "
+                     f"{a['recall']:>6.3f}  {a['f1']:>7.3f}  {c['f1']:>6.3f}  {se['dice']:.3f}  "
+                     f"{_pct(sz['median_ecd_relative_error'])}"
+                     + (f"  ({r['crops']} crop(s))" if r.get("crops") else ""))
+    if res.get("unmatched_truth"):
+        lines.append(f"truth without prediction (not scored): {', '.join(res['unmatched_truth'])}")
+    if res.get("unmatched_pred"):
+        lines.append(f"prediction without truth (not scored): {', '.join(res['unmatched_pred'])}")
+    return "\n".join(lines)

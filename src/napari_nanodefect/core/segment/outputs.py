@@ -1,4 +1,5 @@
-"""Writing predictions: label TIFF, LabelMe JSON per image, one COCO file for all images."""
+"""Writing predictions: label TIFF, LabelMe JSON and particle table (``<stem>_particles.csv``)
+per image, one COCO file and one ``summary.csv`` (a row per image) for all images."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+from ..atomic import atomic_write_text
 from ..annotations import AnnotationSet, LabelImage, labels_to_set, write_coco, write_label_tiff, write_labelme
 from .model import LoadedModel
 from .predict import Prediction, predict_image
@@ -53,7 +55,57 @@ def write_prediction(pred: Prediction, image_path: str | os.PathLike, out_dir: s
     # a base64 copy of a huge image inside the JSON helps nobody: reference it instead
     embed = "auto" if pred.labels.size <= LABELME_EMBED_MAX_PIXELS else False
     write_labelme(aset, json_path, embed_image=embed)
-    return PredictionFiles(image_path, labels_path, json_path, pred.count, aset, pred)
+    particles, summary = measure_prediction(pred, stem)
+    csv_path = atomic_write_text(out_dir / f"{stem}_particles.csv", particles.to_csv(index=False, float_format="%.6g"))
+    return PredictionFiles(image_path, labels_path, json_path, pred.count, aset, pred,
+                           extra={"particles_csv": csv_path, "summary": summary, "particles": particles})
+
+
+def measure_prediction(pred: Prediction, name: str = ""):
+    """Particle table and population summary of a prediction (pixel size, intensities and
+    info bar from its micrograph)."""
+    from ..measure.particles import measure_particles
+    from ..measure.population import summarize
+
+    m = pred.micrograph
+    ps = m.pixel_size_nm if m else None
+    image = None
+    regions = None
+    if m is not None:
+        image = m.heights if m.heights is not None else m.data
+        if image is not None and (image.ndim != 2 or image.shape != pred.labels.shape):
+            image = None
+        vr = m.valid_region
+        if vr is not None:
+            regions = [(vr.y0, vr.x0, vr.y1, vr.x1)]
+    table = measure_particles(pred.labels, ps, image, class_index=pred.classes or None, regions=regions)
+    from ..measure.particles import region_bounds
+
+    summary = summarize(table, ps, region_bounds(pred.labels.shape, regions))
+    summary["image"] = name
+    summary["pixel_size_source"] = m.pixel_size_source if m else None
+    return table, summary
+
+
+#: columns of ``summary.csv`` (one row per image); per-class counts follow as ``count_<class>``
+SUMMARY_COLUMNS = ["image", "count", "count_edge_touching", "count_estimated", "density_per_um2", "area_fraction",
+                   "analysed_area_um2", "mean_nm", "std_nm", "sem_nm", "d10_nm", "d50_nm", "d90_nm",
+                   "lognormal_mu", "lognormal_sigma", "lognormal_ks", "pixel_size_nm", "pixel_size_source"]
+
+
+def summary_rows(summaries: Iterable[dict]) -> "pd.DataFrame":
+    import pandas as pd
+
+    rows = []
+    for s in summaries:
+        fit = s.get("lognormal") or {}
+        row = {k: s.get(k) for k in SUMMARY_COLUMNS}
+        row.update(lognormal_mu=fit.get("mu"), lognormal_sigma=fit.get("sigma"), lognormal_ks=fit.get("ks_statistic"))
+        for cls, cs in (s.get("per_class") or {}).items():
+            row[f"count_{cls}"] = cs.get("count")
+            row[f"d50_nm_{cls}"] = cs.get("d50_nm")
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def predict_files(
@@ -78,4 +130,6 @@ def predict_files(
         results.append(write_prediction(pred, path, out_dir))
     coco = write_coco([r.annotations for r in results], out_dir / coco_name, categories=list(model.config.classes),
                       include_lines_points=False)
+    table = summary_rows(r.extra["summary"] for r in results)
+    atomic_write_text(out_dir / "summary.csv", table.to_csv(index=False, float_format="%.6g"))
     return results, coco
