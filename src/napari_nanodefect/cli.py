@@ -8,6 +8,9 @@ Sub-commands (``nanodefect COMMAND --help`` for each):
 - ``train ANN.json... --out MODEL_DIR``: fine-tune the starter model (or train one) on crops.
 - ``predict MODEL_DIR IMAGE... --out DIR``: tiled whole-image segmentation, label TIFF,
   LabelMe and COCO outputs.
+- ``measure LABELS.tif|ANN.json --out DIR``: particle table (nm), population summary, histogram.
+- ``skeleton MASK.tif --out DIR``: line-defect skeleton lengths (nm), branches, junctions.
+- ``evaluate --truth T --pred P``: detection/segmentation scores of a prediction against the truth.
 - ``models [--default]``: the shipped models.
 - ``demo [--out DIR]``: runs the pipeline on a built-in synthetic micrograph.
 
@@ -141,6 +144,45 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_measure(args: argparse.Namespace) -> int:
+    from .core.measure.files import measure_file
+
+    res = measure_file(args.input, args.out, image=args.image, pixel_size_nm=args.pixel_size,
+                       images=args.images, bins=args.bins, edge_correction=args.edge_correction)
+    s = res["summary"]
+    def nm(v):
+        return "n/a" if v is None else f"{v:.3g} nm"
+    print(f"{s['count']} particles ({s.get('count_edge_touching', 0)} touching the edge), "
+          f"d10/d50/d90 {nm(s['d10_nm'])} / {nm(s['d50_nm'])} / {nm(s['d90_nm'])}, "
+          f"density {s['density_per_um2'] if s['density_per_um2'] is None else format(s['density_per_um2'], '.4g')} /um^2")
+    for key in ("particles", "summary_json", "histogram"):
+        if res.get(key):
+            print(res[key])
+    return 0
+
+
+def cmd_skeleton(args: argparse.Namespace) -> int:
+    from .core.measure.skeleton import measure_skeleton_file
+
+    s = measure_skeleton_file(args.mask, args.out, pixel_size_nm=args.pixel_size, prune_nm=args.prune)
+    print(f"{s['n_defects']} defects, total length {s['total_length_nm']:.4g} nm, "
+          f"length density {s['length_density_nm_per_um2']:.4g} nm/um^2")
+    print(s["defects_csv"])
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .core.atomic import atomic_write_text
+    from .core.evaluate import evaluate_files, format_evaluation
+
+    res = evaluate_files(args.truth, args.pred, iou_threshold=args.iou, images=args.images)
+    text = json.dumps(res, indent=2)
+    if args.out:
+        atomic_write_text(args.out, text + "\n")
+    print(text if args.json else format_evaluation(res))
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .core.segment.model import default_model_dir, read_config
 
@@ -208,6 +250,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("measure", help="particle table in nm, population summary and size histogram")
+    s.add_argument("input", metavar="LABELS.tif|ANN.json", help="instance label TIFF, LabelMe JSON or COCO JSON")
+    s.add_argument("--out", required=True, metavar="DIR")
+    s.add_argument("--image", default=None, metavar="IMG",
+                   help="the micrograph: pixel size from its metadata, intensities, info bar")
+    s.add_argument("--pixel-size", type=float, default=None, metavar="NM", help="pixel size (nm), overrides the image's")
+    s.add_argument("--images", default=None, metavar="DIR", help="folder with the images a COCO file refers to")
+    s.add_argument("--bins", default="auto", help="histogram bins: a number or 'auto' (default)")
+    s.add_argument("--edge-correction", default="miles-lantuejoul", choices=["miles-lantuejoul", "exclude", "none"],
+                   help="particles cut by the border: weighted out (default), dropped, or used as they are")
+    s.set_defaults(func=cmd_measure)
+
+    s = sub.add_parser("skeleton", help="line-defect skeleton lengths in nm from a mask")
+    s.add_argument("mask", metavar="MASK.tif", help="binary mask, class-label image or one channel per class")
+    s.add_argument("--out", required=True, metavar="DIR")
+    s.add_argument("--pixel-size", type=float, default=None, metavar="NM",
+                   help="pixel size (nm); default from the file's metadata")
+    s.add_argument("--prune", type=float, default=None, metavar="NM", help="remove end branches shorter than this (nm)")
+    s.set_defaults(func=cmd_skeleton)
+
+    s = sub.add_parser("evaluate", help="score a prediction against the truth (LabelMe, COCO, label TIFFs)")
+    s.add_argument("--truth", required=True, metavar="T", help="truth: file or folder (LabelMe, COCO, label TIFFs)")
+    s.add_argument("--pred", required=True, metavar="P", help="prediction: file or folder")
+    s.add_argument("--iou", type=float, default=0.5, help="IoU threshold of a match (default 0.5)")
+    s.add_argument("--images", default=None, metavar="DIR", help="folder with the images COCO files refer to")
+    s.add_argument("--json", action="store_true", help="print the full result as JSON")
+    s.add_argument("--out", default=None, metavar="FILE", help="also write the JSON result to FILE")
+    s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("models", help="the shipped models")
     s.add_argument("--default", action="store_true", help="print the starter model's folder")
