@@ -162,7 +162,7 @@ def loss_terms(out: torch.Tensor, batch: dict[str, torch.Tensor], n_cls: int) ->
 
 @torch.inference_mode()
 def _validate(module: torch.nn.Module, regions: list[Region], n_cls: int, dev: torch.device, cfg: ModelConfig) -> tuple[float, float | None]:
-    from ..evaluate import match_instances
+    from ..evaluate import detection_scores, evaluate_labels
 
     module.eval()
     losses, tp, fp, fn = [], 0, 0, 0
@@ -182,30 +182,14 @@ def _validate(module: torch.nn.Module, regions: list[Region], n_cls: int, dev: t
         fgp = torch.sigmoid(out[0, 0]).cpu().numpy()
         dp = torch.sigmoid(out[0, 1]).cpu().numpy()
         pred, _ = extract_instances(fgp, dp, cfg.fg_threshold, cfg.seed_threshold, cfg.min_area_px)
-        truth = _restrict(r.labels, r.val)
-        predv = _restrict(pred, r.val)
-        m = match_instances(truth, predv, 0.5)
+        # the same rule as `nanodefect evaluate` with crops: match on the whole region, count
+        # the objects whose centroid lies in the validation area
+        m = evaluate_labels(r.labels, pred, 0.5, region_mask=r.val)["at_iou"]
         tp, fp, fn = tp + m["tp"], fp + m["fp"], fn + m["fn"]
     module.train()
     if not any_val:
         return float("nan"), None
-    f1 = 2 * tp / max(2 * tp + fp + fn, 1) if (tp + fp + fn) else 1.0
-    return float(np.mean(losses)), float(f1)
-
-
-def _restrict(labels: np.ndarray, area: np.ndarray) -> np.ndarray:
-    """Keep the objects whose centroid lies in ``area``."""
-    n = int(labels.max())
-    if n == 0:
-        return labels
-    yy, xx = np.nonzero(labels)
-    ids = labels[yy, xx]
-    cnt = np.bincount(ids, minlength=n + 1).astype(float)
-    cy = np.round(np.bincount(ids, yy, n + 1) / np.maximum(cnt, 1)).astype(int)
-    cx = np.round(np.bincount(ids, xx, n + 1) / np.maximum(cnt, 1)).astype(int)
-    keep = np.zeros(n + 1, bool)
-    keep[1:] = (cnt[1:] > 0) & area[np.clip(cy[1:], 0, area.shape[0] - 1), np.clip(cx[1:], 0, area.shape[1] - 1)]
-    return np.where(keep[labels], labels, 0)
+    return float(np.mean(losses)), float(detection_scores(tp, tp + fn, tp + fp)["f1"])
 
 
 # ----------------------------------------------------------------------------- main loop
