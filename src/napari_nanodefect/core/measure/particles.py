@@ -143,48 +143,101 @@ def region_bounds(shape: tuple[int, int], regions: Sequence[Region] | None) -> l
 # --------------------------------------------------------------------------- geometry passes
 
 
+#: pixels per row band in the whole-image passes (bounds the memory on huge images)
+BAND_PIXELS = 2_000_000
+
+
+def _bands(h: int, w: int) -> list[tuple[int, int]]:
+    step = max(8, BAND_PIXELS // max(w, 1))
+    return [(r0, min(r0 + step, h)) for r0 in range(0, h, step)]
+
+
 def _pixel_moments(lab: np.ndarray, n: int, image: np.ndarray | None, oy: int, ox: int) -> dict[str, np.ndarray]:
-    """Counts, first and second moments (pixel centres), bbox, intensities — via bincount."""
+    """Counts, centroids, second central moments (pixels as unit squares), bounding boxes
+    and intensities of every label: bincounts over row bands (bounded memory)."""
     h, w = lab.shape
-    flat = lab.ravel()
-    idx = np.flatnonzero(flat)
-    lv = flat[idx]
-    ys = idx // w
-    xs = idx - ys * w
-    cnt = np.bincount(lv, minlength=n + 1).astype(np.float64)
-    yc = ys.astype(np.float64) + 0.5
-    xc = xs.astype(np.float64) + 0.5
-    sy = np.bincount(lv, yc, n + 1)
-    sx = np.bincount(lv, xc, n + 1)
-    safe = np.maximum(cnt, 1)
-    my, mx = sy / safe, sx / safe
-    dy = yc - my[lv]
-    dx = xc - mx[lv]
-    out = {
-        "count": cnt, "my": my + oy, "mx": mx + ox,
-        "cyy": np.bincount(lv, dy * dy, n + 1) / safe + 1.0 / 12.0,
-        "cxx": np.bincount(lv, dx * dx, n + 1) / safe + 1.0 / 12.0,
-        "cxy": np.bincount(lv, dx * dy, n + 1) / safe,
-    }
+    acc = {k: np.zeros(n + 1) for k in ("count", "sy", "sx", "syy", "sxx", "sxy")}
     y0 = np.full(n + 1, h, np.int64)
     x0 = np.full(n + 1, w, np.int64)
     y1 = np.full(n + 1, -1, np.int64)
     x1 = np.full(n + 1, -1, np.int64)
-    np.minimum.at(y0, lv, ys)
-    np.minimum.at(x0, lv, xs)
-    np.maximum.at(y1, lv, ys)
-    np.maximum.at(x1, lv, xs)
-    out.update(y0=y0 + oy, x0=x0 + ox, y1=y1 + 1 + oy, x1=x1 + 1 + ox)
     if image is not None:
-        vals = image.ravel()[idx].astype(np.float64)
-        out["mean_int"] = np.bincount(lv, vals, n + 1) / safe
+        acc["int"] = np.zeros(n + 1)
         mxv = np.full(n + 1, -np.inf)
-        np.maximum.at(mxv, lv, vals)
+    for r0, r1 in _bands(h, w):
+        flat = lab[r0:r1].ravel()
+        idx = np.flatnonzero(flat)
+        if idx.size == 0:
+            continue
+        lv = flat[idx]
+        ys = idx // w
+        xs = idx - ys * w
+        ys += r0
+        # centred on the band's middle row/column to keep the raw moments well conditioned
+        yc = ys - (r0 + r1) / 2 + 0.5
+        xc = xs - w / 2 + 0.5
+        acc["count"] += np.bincount(lv, minlength=n + 1)
+        acc["sy"] += np.bincount(lv, yc + (r0 + r1) / 2, n + 1)
+        acc["sx"] += np.bincount(lv, xc + w / 2, n + 1)
+        np.minimum.at(y0, lv, ys)
+        np.minimum.at(x0, lv, xs)
+        np.maximum.at(y1, lv, ys)
+        np.maximum.at(x1, lv, xs)
+        if image is not None:
+            vals = image[r0:r1].ravel()[idx].astype(np.float64)
+            acc["int"] += np.bincount(lv, vals, n + 1)
+            np.maximum.at(mxv, lv, vals)
+    cnt = acc["count"]
+    safe = np.maximum(cnt, 1)
+    my, mx = acc["sy"] / safe, acc["sx"] / safe
+    # second pass for central moments (exact, no cancellation), same bands
+    for r0, r1 in _bands(h, w):
+        flat = lab[r0:r1].ravel()
+        idx = np.flatnonzero(flat)
+        if idx.size == 0:
+            continue
+        lv = flat[idx]
+        ys = idx // w
+        dy = ys + (r0 + 0.5) - my[lv]
+        dx = (idx - ys * w) + 0.5 - mx[lv]
+        acc["syy"] += np.bincount(lv, dy * dy, n + 1)
+        acc["sxx"] += np.bincount(lv, dx * dx, n + 1)
+        acc["sxy"] += np.bincount(lv, dx * dy, n + 1)
+    out = {
+        "count": cnt, "my": my + oy, "mx": mx + ox,
+        "cyy": acc["syy"] / safe + 1.0 / 12.0,
+        "cxx": acc["sxx"] / safe + 1.0 / 12.0,
+        "cxy": acc["sxy"] / safe,
+        "y0": y0 + oy, "x0": x0 + ox, "y1": y1 + 1 + oy, "x1": x1 + 1 + ox,
+    }
+    if image is not None:
+        out["mean_int"] = acc["int"] / safe
         out["max_int"] = mxv
     return out
 
 
 def _contour_pass(lab: np.ndarray, n: int, smooth: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Perimeter and contour-area correction per label, over row bands of 2x2 windows with
+    a halo of ``smooth + 2`` window rows for the smoothing (exact: a segment's smoothed
+    ends depend on vertices at most ``smooth`` window rows away)."""
+    h, w = lab.shape
+    length = np.zeros(n + 1)
+    darea = np.zeros(n + 1)
+    halo = smooth + 2
+    for r0, r1 in _bands(h + 1, w):  # window rows 0..h of the padded image
+        a0, a1 = max(r0 - halo, 0), min(r1 + halo, h + 1)
+        # padded rows a0..a1 (inclusive end for the 2x2 windows) <- image rows a0-1..a1-1
+        src = lab[max(a0 - 1, 0):min(a1, h)]
+        top = 1 if a0 == 0 else 0
+        bottom = 1 if a1 >= h + 1 else 0
+        p = np.pad(src, ((top, bottom), (1, 1)))
+        ln, da = _contour_window(p, n, smooth, core=(r0 - a0, r1 - a0))
+        length += ln
+        darea += da
+    return length, darea
+
+
+def _contour_window(p: np.ndarray, n: int, smooth: int, core: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Perimeter (smoothed marching-squares contour) and contour-polygon area correction
     per label.
 
@@ -197,7 +250,6 @@ def _contour_pass(lab: np.ndarray, n: int, smooth: int = 2) -> tuple[np.ndarray,
     shrinking curves very little: measured errors are within ±1 % for disks of radius
     4–100 px and rectangles at any angle (tests/test_measure.py).
     """
-    p = np.pad(lab, 1)
     hp, wp = p.shape
     q = (p[:-1, :-1], p[:-1, 1:], p[1:, :-1], p[1:, 1:])
     mixed = (q[0] != q[1]) | (q[0] != q[2]) | (q[0] != q[3])
@@ -207,7 +259,8 @@ def _contour_pass(lab: np.ndarray, n: int, smooth: int = 2) -> tuple[np.ndarray,
     # vertex ids of the four window edges: horizontal pairs (top, bottom), vertical (left, right)
     edge_ids = np.stack([r * wp + c, (r + 1) * wp + c, nv + r * wp + c, nv + r * wp + c + 1], 1)
     darea = np.zeros(n + 1)
-    seg_a, seg_b, seg_l = [], [], []
+    seg_a, seg_b, seg_l, seg_core = [], [], [], []
+    in_core = (r >= core[0]) & (r < core[1])
     for k in range(4):
         lk = corners[k]
         keep = lk > 0
@@ -217,10 +270,11 @@ def _contour_pass(lab: np.ndarray, n: int, smooth: int = 2) -> tuple[np.ndarray,
             continue
         lk = lk[keep]
         ids = edge_ids[keep]
+        kc = in_core[keep]
         code = np.zeros(lk.size, np.int64)
         for j in range(4):
             code |= (corners[j][keep] == lk).astype(np.int64) << j
-        darea += np.bincount(lk, _DAREA[code], n + 1)
+        darea += np.bincount(lk[kc], _DAREA[code[kc]], n + 1)
         bit = [(code >> j) & 1 for j in range(4)]
         cross = np.stack([bit[0] != bit[1], bit[2] != bit[3], bit[0] != bit[2], bit[1] != bit[3]], 1)
         plain = (code != 6) & (code != 9)
@@ -232,6 +286,7 @@ def _contour_pass(lab: np.ndarray, n: int, smooth: int = 2) -> tuple[np.ndarray,
         seg_a.append(ids[rows, first])
         seg_b.append(ids[rows, second])
         seg_l.append(lk[plain])
+        seg_core.append(kc[plain])
         # saddles, diagonal corners joined: cut around the two outside corners
         for code_v, pairs in ((9, ((0, 3), (2, 1))), (6, ((0, 2), (1, 3)))):
             m = code == code_v
@@ -240,11 +295,13 @@ def _contour_pass(lab: np.ndarray, n: int, smooth: int = 2) -> tuple[np.ndarray,
                     seg_a.append(ids[m, ea])
                     seg_b.append(ids[m, eb])
                     seg_l.append(lk[m])
+                    seg_core.append(kc[m])
     if not seg_a:
         return np.zeros(n + 1), darea
     a = np.concatenate(seg_a)
     b = np.concatenate(seg_b)
     lab_seg = np.concatenate(seg_l).astype(np.int64)
+    is_core = np.concatenate(seg_core)
     keys = np.concatenate([lab_seg * (2 * nv) + a, lab_seg * (2 * nv) + b])
     uk, inv = np.unique(keys, return_inverse=True)
     ia, ib = inv[: a.size], inv[a.size:]
@@ -258,13 +315,16 @@ def _contour_pass(lab: np.ndarray, n: int, smooth: int = 2) -> tuple[np.ndarray,
         other = np.concatenate([ib, ia])
         order = np.argsort(ends, kind="stable")
         e_s, o_s = ends[order], other[order]
-        nb = np.empty((uk.size, 2), np.int64)
-        nb[e_s[0::2], 0] = o_s[0::2]  # every vertex of a closed contour has two segments
-        nb[e_s[1::2], 1] = o_s[1::2]
+        # every vertex of a closed contour has two segments; at the outer rows of a band's
+        # halo a vertex may have one (it then counts as its own second neighbour)
+        first = np.r_[True, e_s[1:] != e_s[:-1]]
+        nb = np.repeat(np.arange(uk.size)[:, None], 2, axis=1)
+        nb[e_s[first], 0] = o_s[first]
+        nb[e_s[~first], 1] = o_s[~first]
         for _ in range(smooth):
             pts = (pts[nb[:, 0]] + 2 * pts + pts[nb[:, 1]]) * 0.25
     d = np.hypot(pts[ia, 0] - pts[ib, 0], pts[ia, 1] - pts[ib, 1])
-    return np.bincount(lab_seg, d, n + 1), darea
+    return np.bincount(lab_seg[is_core], d[is_core], n + 1), darea
 
 
 def _edge_midpoints(lab: np.ndarray, oy: int, ox: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -14,6 +14,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+#: pixels per band when counting seeds (bounded memory on huge images)
+SEED_BAND_PIXELS = 4_000_000
+
 
 def extract_instances(
     fg: np.ndarray,
@@ -33,20 +36,23 @@ def extract_instances(
     from skimage.segmentation import watershed
 
     fg, dist = np.asarray(fg), np.asarray(dist)
-    mask = _above(fg, fg_threshold)
-    comps, n_comp = ndi.label(mask)
+    comps, n_comp = ndi.label(_above(fg, fg_threshold))
     if n_comp == 0:
         return np.zeros(fg.shape, np.int32), np.zeros(0, np.int64)
     core = _above(dist, seed_threshold)
-    core &= mask
-    seeds, n_seed = ndi.label(core)
-    del core, mask
-    # how many seeds each component holds
-    seed_comp = np.zeros(n_seed + 1, np.int64)
-    if n_seed:
-        idx = np.flatnonzero(seeds)
-        seed_comp[seeds.ravel()[idx]] = comps.ravel()[idx]
-    per_comp = np.bincount(seed_comp[1:], minlength=n_comp + 1)
+    core &= comps > 0
+    # seeds per component, counted band by band so that no whole-image seed label array is
+    # needed (memory): a seed crossing a band border is counted twice, which only flags its
+    # component for the exact local check below
+    per_comp = np.zeros(n_comp + 1, np.int64)
+    band = max(1, SEED_BAND_PIXELS // max(fg.shape[1], 1))
+    for r0 in range(0, fg.shape[0], band):
+        sb, ns = ndi.label(core[r0:r0 + band])
+        if ns:
+            idx = np.flatnonzero(sb)
+            seed_comp = np.zeros(ns + 1, np.int64)
+            seed_comp[sb.ravel()[idx]] = comps[r0:r0 + band].ravel()[idx]
+            per_comp += np.bincount(seed_comp[1:], minlength=n_comp + 1)
     labels = comps  # relabelled in place: split objects get labels above n_comp
     multi = np.flatnonzero(per_comp > 1)
     if multi.size:
@@ -55,7 +61,9 @@ def extract_instances(
         for c in multi:
             sl = slices[c - 1]
             region = comps[sl] == c
-            markers = np.where(region, seeds[sl], 0)
+            markers, n_seeds = ndi.label(core[sl] & region)
+            if n_seeds < 2:
+                continue
             ws = watershed(_inverted(dist[sl]), markers=markers, mask=region)
             # relabel: the first seed keeps the component's label, the others get new ones
             ids = np.unique(ws[ws > 0])
@@ -66,6 +74,7 @@ def extract_instances(
             out = labels[sl]
             out[region] = lut[ws[region]]
             # pixels of the component not reached by any seed stay with the first object
+    del core
     labels = _remove_small(labels, min_area_px)
     n = int(labels.max())
     if class_prob is None or n == 0:
