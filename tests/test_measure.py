@@ -368,3 +368,37 @@ def test_row_bands_do_not_change_the_table(monkeypatch):
     banded = P.measure_particles(lab, 0.4, img)
     _same_table(whole.drop(columns=["orientation_deg"]), banded.drop(columns=["orientation_deg"]))
     np.testing.assert_allclose(whole["orientation_deg"], banded["orientation_deg"], atol=1e-6)
+
+
+def test_measure_cli_gaussian_refinement(tmp_path, capsys):
+    """STM-like height map of Gaussian particles with too-small masks: --refine gaussian
+    gives the analytic FWHM-ellipse sizes and reports failed fits (a label on flat noise)."""
+    from napari_nanodefect.core.annotations import write_label_tiff
+    from napari_nanodefect.core.io.write import write_tiff
+
+    rng = np.random.default_rng(0)
+    H, W = 160, 200
+    yy, xx = np.mgrid[0:H, 0:W] + 0.5
+    z = 0.2 + rng.normal(0, 0.01, (H, W))
+    lab = np.zeros((H, W), np.uint16)
+    centres = [(40, 40), (40, 120), (110, 70), (110, 150)]
+    sigma = 5.0
+    for k, (cy, cx) in enumerate(centres, 1):
+        g = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma ** 2))
+        z += 1.0 * g
+        lab[g > 0.85] = k  # rough, too small
+    lab[10:14, 180:184] = 9  # nothing there
+    write_tiff(tmp_path / "h.tif", z.astype(np.float32), pixel_size_nm=0.2)
+    write_label_tiff(tmp_path / "h_labels.tif", lab, pixel_size_nm=0.2)
+    assert main(["measure", str(tmp_path / "h_labels.tif"), "--image", str(tmp_path / "h.tif"), "--refine", "gaussian",
+                 "--edge-correction", "none", "--out", str(tmp_path / "o")]) == 0
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert s["refine"]["n_failed"] == 1 and s["refine"]["failed_labels"] == [9]
+    t = pd.read_csv(tmp_path / "o" / "particles.csv").set_index("label")
+    fwhm_d = 2 * sigma * np.sqrt(2 * np.log(2)) * 0.2  # diameter of the half-maximum circle, nm
+    for k in range(1, 5):
+        assert t.loc[k, "ecd_nm"] == pytest.approx(fwhm_d, rel=0.05)
+        assert bool(t.loc[k, "refined"])
+    assert not bool(t.loc[9, "refined"]) and t.loc[9, "area_px"] == 16
+    out = capsys.readouterr().out
+    assert "4 of 5 particles fitted" in out and "failed" in out

@@ -148,8 +148,12 @@ def cmd_measure(args: argparse.Namespace) -> int:
     from .core.measure.files import measure_file
 
     res = measure_file(args.input, args.out, image=args.image, pixel_size_nm=args.pixel_size,
-                       images=args.images, bins=args.bins, edge_correction=args.edge_correction)
+                       images=args.images, bins=args.bins, edge_correction=args.edge_correction,
+                       refine=args.refine)
     s = res["summary"]
+    for r in [s.get("refine")] + [i.get("refine") for i in s.get("per_image", [])]:
+        if r:
+            print(r["message"])
     def nm(v):
         return "n/a" if v is None else f"{v:.3g} nm"
     print(f"{s['count']} particles ({s.get('count_edge_touching', 0)} touching the edge), "
@@ -261,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bins", default="auto", help="histogram bins: a number or 'auto' (default)")
     s.add_argument("--edge-correction", default="miles-lantuejoul", choices=["miles-lantuejoul", "exclude", "none"],
                    help="particles cut by the border: weighted out (default), dropped, or used as they are")
+    s.add_argument("--refine", default=None, choices=["gaussian"],
+                   help="refine contours by 2-D Gaussian fits to the image (STM height maps; needs the image)")
     s.set_defaults(func=cmd_measure)
 
     s = sub.add_parser("skeleton", help="line-defect skeleton lengths in nm from a mask")

@@ -358,11 +358,11 @@ def _grouped(lab_pts: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.nd
 
 def _support(y: np.ndarray, x: np.ndarray, present: np.ndarray, starts: np.ndarray, n: int
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Support function h[label, k] = max over the label's points of p·u_k for 2·N_DIR
+    """Support function h[i, k] (row i: label ``present[i]``) = max over the label's points of p·u_k for 2·N_DIR
     directions u_k = (cos θ_k, sin θ_k) (x right, y down), θ_k = k·π/N_DIR, and the area of
     the polygon through the extreme points in angular order (the convex hull whenever every
     hull vertex is extreme for one of the directions; a hair smaller otherwise)."""
-    h = np.full((n + 1, 2 * N_DIR), np.nan)
+    h = np.empty((present.size, 2 * N_DIR))
     vx = np.zeros((present.size, 2 * N_DIR))
     vy = np.zeros((present.size, 2 * N_DIR))
     theta = np.arange(N_DIR) * np.pi / N_DIR
@@ -373,8 +373,8 @@ def _support(y: np.ndarray, x: np.ndarray, present: np.ndarray, starts: np.ndarr
         proj = x * np.cos(t) + y * np.sin(t)
         hi = np.maximum.reduceat(proj, starts)
         lo = np.minimum.reduceat(proj, starts)
-        h[present, k] = hi
-        h[present, k + N_DIR] = -lo
+        h[:, k] = hi
+        h[:, k + N_DIR] = -lo
         i_hi = np.minimum.reduceat(np.where(proj == hi[seg], idx, big), starts)
         i_lo = np.minimum.reduceat(np.where(proj == lo[seg], idx, big), starts)
         vx[:, k], vy[:, k] = x[i_hi], y[i_hi]
@@ -389,10 +389,9 @@ def _width_at(y, x, seg_id, starts, ang):
     return np.maximum.reduceat(proj, starts) - np.minimum.reduceat(proj, starts)
 
 
-def _feret_min(y, x, h, present, starts, counts) -> tuple[np.ndarray, np.ndarray]:
+def _feret_min(y, x, hp, present, starts, counts) -> tuple[np.ndarray, np.ndarray]:
     """Minimum caliper width per present label: the best of N_DIR directions, refined by a
     golden-section search within ± one step, on the points near the two support lines."""
-    hp = h[present]
     widths = hp[:, :N_DIR] + hp[:, N_DIR:]
     k = np.argmin(widths, axis=1)
     step = np.pi / N_DIR
@@ -486,6 +485,31 @@ def _class_names(labels_present: np.ndarray, classes: Any, class_index: Any) -> 
     return out
 
 
+def _point_measures(lab: np.ndarray, n: int, oy: int, ox: int, mom: dict, h: np.ndarray, out: dict) -> None:
+    """Support function, hull area, Feret min and angle, circle fit of the labels present
+    in ``lab`` (a window at ``oy, ox``), written into ``h`` and ``out`` (arrays by label)."""
+    lab_pts, py, px = _edge_midpoints(lab, oy, ox)
+    if lab_pts.size == 0:
+        return
+    order, pres_pts, starts = _grouped(lab_pts, n)
+    lab_s, y_s, x_s = lab_pts[order], py[order], px[order]
+    del lab_pts, py, px, order
+    hw, hull_pts_area, ext_x, ext_y = _support(y_s, x_s, pres_pts, starts, n)
+    h[pres_pts] = hw
+    counts = np.bincount(lab_s, minlength=n + 1)[pres_pts]
+    fmin, _ = _feret_min(y_s, x_s, hw, pres_pts, starts, counts)
+    out["feret_min"][pres_pts] = fmin
+    widths = hw[:, :N_DIR] + hw[:, N_DIR:]
+    kp = np.argmax(widths, axis=1)
+    # direction of the Feret diameter: the segment between the two extreme points
+    r_ = np.arange(pres_pts.size)
+    fdx = ext_x[r_, kp] - ext_x[r_, kp + N_DIR]
+    fdy = ext_y[r_, kp] - ext_y[r_, kp + N_DIR]
+    out["feret_angle"][pres_pts] = np.degrees(np.arctan2(-fdy, fdx))  # counter-clockwise, y up
+    out["hull_area"][pres_pts] = hull_pts_area
+    out["circ_d"][pres_pts] = _kasa_diameter(lab_s, y_s, x_s, mom["my"], mom["mx"], n)[pres_pts]
+
+
 def _measure(
     lab: np.ndarray,
     pixel_size_nm: float | None,
@@ -506,27 +530,30 @@ def _measure(
     if present.size == 0:
         return _empty_columns(), np.zeros((0, 2 * N_DIR))
     length, darea = _contour_pass(lab, n)
-    lab_pts, py, px = _edge_midpoints(lab, oy, ox)
-    order, pres_pts, starts = _grouped(lab_pts, n)
-    lab_s, y_s, x_s = lab_pts[order], py[order], px[order]
-    h, hull_pts_area, ext_x, ext_y = _support(y_s, x_s, pres_pts, starts, n)
-    counts = np.bincount(lab_s, minlength=n + 1)[pres_pts]
-    fmin, _ = _feret_min(y_s, x_s, h, pres_pts, starts, counts)
-    feret_min = np.full(n + 1, np.nan)
-    feret_min[pres_pts] = fmin
+    h = np.full((n + 1, 2 * N_DIR), np.nan)
+    shape = {k: np.full(n + 1, np.nan) for k in ("feret_min", "feret_angle", "hull_area", "circ_d")}
+    hh, ww = lab.shape
+    if hh * ww <= 2 * BAND_PIXELS:
+        _point_measures(lab, n, oy, ox, mom, h, shape)
+    else:
+        # labels in row bands by the top row of their box; each band's window reaches down
+        # to the lowest box bottom of its labels, so every label is seen whole (memory)
+        top = mom["y0"][present] - oy
+        bottom = mom["y1"][present] - oy
+        for r0, r1 in _bands(hh, ww):
+            own = (top >= r0) & (top < r1)
+            if not own.any():
+                continue
+            sel = np.zeros(n + 1, bool)
+            sel[present[own]] = True
+            r_end = int(bottom[own].max())
+            win = lab[r0:r_end]
+            sub = np.where(sel[win], win, 0)
+            _point_measures(sub, n, oy + r0, ox, mom, h, shape)
     widths = h[:, :N_DIR] + h[:, N_DIR:]
-    kmax = np.argmax(np.nan_to_num(widths, nan=-1), axis=1)
-    # direction of the Feret diameter: the segment between the two extreme points
-    kp = kmax[pres_pts]
-    r_ = np.arange(pres_pts.size)
-    fdx = ext_x[r_, kp] - ext_x[r_, kp + N_DIR]
-    fdy = ext_y[r_, kp] - ext_y[r_, kp + N_DIR]
-    feret_angle = np.full(n + 1, np.nan)
-    feret_angle[pres_pts] = np.degrees(np.arctan2(-fdy, fdx))  # counter-clockwise, y up
     feret_max = np.nanmax(np.where(np.isnan(widths), -np.inf, widths), axis=1)
-    hull_area = np.full(n + 1, np.nan)
-    hull_area[pres_pts] = hull_pts_area
-    circ_d = _kasa_diameter(lab_s, y_s, x_s, mom["my"], mom["mx"], n)
+    feret_min, feret_angle = shape["feret_min"], shape["feret_angle"]
+    hull_area, circ_d = shape["hull_area"], shape["circ_d"]
 
     cnt = mom["count"]
     poly_area = cnt + darea

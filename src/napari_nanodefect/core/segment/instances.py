@@ -95,15 +95,21 @@ def _inverted(a: np.ndarray) -> np.ndarray:
 
 
 def _remove_small(labels: np.ndarray, min_area: float) -> np.ndarray:
-    """Drop objects smaller than ``min_area`` pixels and renumber the rest 1..n (in place)."""
+    """Drop objects smaller than ``min_area`` pixels and renumber the rest 1..n (in place).
+    Works in row bands: ``bincount`` and fancy indexing would otherwise make whole-image
+    int64 copies of the labels (512 MB at 8192²)."""
     n = int(labels.max())
     if n == 0:
         return labels
-    area = np.bincount(labels.ravel(), minlength=n + 1)
+    band = max(1, SEED_BAND_PIXELS // max(labels.shape[1], 1))
+    area = np.zeros(n + 1, np.int64)
+    for r0 in range(0, labels.shape[0], band):
+        area += np.bincount(labels[r0:r0 + band].ravel(), minlength=n + 1)
     keep = area >= max(min_area, 1)
     keep[0] = False
     if keep[1:].all():
         return labels
     lut = (np.cumsum(keep) * keep).astype(np.int32)
-    np.take(lut, labels, out=labels)
+    for r0 in range(0, labels.shape[0], band):
+        labels[r0:r0 + band] = lut[labels[r0:r0 + band]]
     return labels
