@@ -152,6 +152,18 @@ def _bands(h: int, w: int) -> list[tuple[int, int]]:
     return [(r0, min(r0 + step, h)) for r0 in range(0, h, step)]
 
 
+def _band_pixels(lab: np.ndarray):
+    """For each row band: ``(first row, end row, flat indices in the band, labels, rows in
+    the band, columns)`` of the labelled pixels."""
+    h, w = lab.shape
+    for r0, r1 in _bands(h, w):
+        flat = lab[r0:r1].ravel()
+        idx = np.flatnonzero(flat)
+        if idx.size:
+            ys = idx // w
+            yield r0, r1, idx, flat[idx], ys, idx - ys * w
+
+
 def _pixel_moments(lab: np.ndarray, n: int, image: np.ndarray | None, oy: int, ox: int) -> dict[str, np.ndarray]:
     """Counts, centroids, second central moments (pixels as unit squares), bounding boxes
     and intensities of every label: bincounts over row bands (bounded memory)."""
@@ -164,21 +176,11 @@ def _pixel_moments(lab: np.ndarray, n: int, image: np.ndarray | None, oy: int, o
     if image is not None:
         acc["int"] = np.zeros(n + 1)
         mxv = np.full(n + 1, -np.inf)
-    for r0, r1 in _bands(h, w):
-        flat = lab[r0:r1].ravel()
-        idx = np.flatnonzero(flat)
-        if idx.size == 0:
-            continue
-        lv = flat[idx]
-        ys = idx // w
-        xs = idx - ys * w
+    for r0, r1, idx, lv, ys, xs in _band_pixels(lab):
         ys += r0
-        # centred on the band's middle row/column to keep the raw moments well conditioned
-        yc = ys - (r0 + r1) / 2 + 0.5
-        xc = xs - w / 2 + 0.5
         acc["count"] += np.bincount(lv, minlength=n + 1)
-        acc["sy"] += np.bincount(lv, yc + (r0 + r1) / 2, n + 1)
-        acc["sx"] += np.bincount(lv, xc + w / 2, n + 1)
+        acc["sy"] += np.bincount(lv, ys + 0.5, n + 1)
+        acc["sx"] += np.bincount(lv, xs + 0.5, n + 1)
         np.minimum.at(y0, lv, ys)
         np.minimum.at(x0, lv, xs)
         np.maximum.at(y1, lv, ys)
@@ -191,15 +193,9 @@ def _pixel_moments(lab: np.ndarray, n: int, image: np.ndarray | None, oy: int, o
     safe = np.maximum(cnt, 1)
     my, mx = acc["sy"] / safe, acc["sx"] / safe
     # second pass for central moments (exact, no cancellation), same bands
-    for r0, r1 in _bands(h, w):
-        flat = lab[r0:r1].ravel()
-        idx = np.flatnonzero(flat)
-        if idx.size == 0:
-            continue
-        lv = flat[idx]
-        ys = idx // w
+    for r0, _, _, lv, ys, xs in _band_pixels(lab):
         dy = ys + (r0 + 0.5) - my[lv]
-        dx = (idx - ys * w) + 0.5 - mx[lv]
+        dx = xs + 0.5 - mx[lv]
         acc["syy"] += np.bincount(lv, dy * dy, n + 1)
         acc["sxx"] += np.bincount(lv, dx * dx, n + 1)
         acc["sxy"] += np.bincount(lv, dx * dy, n + 1)
