@@ -43,11 +43,13 @@ def test_python_dash_m():
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
-    """One short demo run shared by the tests below (fine-tuning 8 s)."""
+    """One short demo run shared by the tests below: 2 epochs of fine-tuning (~5 s), a fixed
+    amount of training so the result does not depend on the machine's load (a time budget
+    gave F1 0.64-0.85 depending on what else ran)."""
     from napari_nanodefect.demo import run_demo
 
     out = tmp_path_factory.mktemp("demo")
-    result = run_demo(out, time_budget_s=8.0, verbose=False)
+    result = run_demo(out, epochs=2, verbose=False)
     return out, result
 
 
@@ -69,7 +71,7 @@ def test_demo_writes_consistent_outputs(demo_dir):
     assert result["median_ecd_nm"] == pytest.approx(np.median(ecd), abs=1e-3)  # CSV keeps 4 decimals
     assert (out / "histogram.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the fine-tuned starter finds the particles of the synthetic image
-    assert result["f1"] >= 0.8, result
+    assert result["f1"] >= 0.7, result  # 0.75 measured for 2 epochs (the 45-s demo: ~0.89)
     assert abs(result["median_ecd_nm"] - result["true_median_ecd_nm"]) / result["true_median_ecd_nm"] < 0.1
 
 

@@ -68,8 +68,9 @@ def particles_csv(path: Path, labels: np.ndarray, classes: dict[int, str], pixel
 
 
 def run_demo(out: Path, seed: int = 0, shape: tuple[int, int] = (768, 768), time_budget_s: float = 45.0,
-             verbose: bool = True) -> dict:
-    """Run the demo into ``out``; returns the printed figures as a dict."""
+             verbose: bool = True, epochs: int | None = None) -> dict:
+    """Run the demo into ``out``; returns the printed figures as a dict. ``epochs`` (instead
+    of the time budget) makes the amount of fine-tuning independent of the machine's load."""
     from .core.segment.outputs import write_prediction
     from .core.segment.predict import predict_image
     from .core.segment.train import train
@@ -94,7 +95,8 @@ def run_demo(out: Path, seed: int = 0, shape: tuple[int, int] = (768, 768), time
     say(f"labelled   {len(labelled.objects)} particles in {len(crops)} crops -> {labelme_path.name}")
 
     t1 = time.perf_counter()
-    res = train([labelme_path], out / "model", base="starter", time_budget_s=time_budget_s, seed=seed)
+    res = train([labelme_path], out / "model", base="starter",
+                time_budget_s=None if epochs else time_budget_s, epochs=epochs, seed=seed)
     t_train = time.perf_counter() - t1
     say(f"trained    {res.summary['iterations']} iterations in {t_train:.1f} s "
         f"(from {res.summary['base'] or 'scratch'}) -> {res.path}")
