@@ -1,1 +1,5 @@
-"""Thin Qt docks: they translate between napari layers and :mod:`napari_nanodefect.core` calls."""
+"""napari docks (Qt): thin wiring between layers and the core. See :mod:`._common`."""
+
+from .._guard import block_triton
+
+block_triton()
