@@ -7,41 +7,48 @@ scikit-image are needed; torch is imported only when a model is passed.
 
 Method ``"threshold"`` (seeded local segmentation, a few ms a click)
     Only a window around the click is read, ``WINDOW_DIAMETERS`` (5) expected diameters
-    wide (at least 32 px, at most ``max_window``), never the whole image:
+    ``d`` wide (at least 32 px, at most ``max_window``), never the whole image:
 
-    1. *diameter and polarity.* Without ``diameter_px`` the size comes from
-       :func:`estimate_diameter` (the scale of the strongest scale-normalised Laplacian
-       of Gaussian response at the click). With ``polarity="auto"`` the sign of that
-       response decides: bright-on-dark or dark-on-bright. For dark objects the window
-       is negated, so objects are always bright below;
+    1. *diameter and polarity.* Without ``diameter_px``, ``d`` comes from
+       :func:`estimate_diameter` (the scale of the scale-normalised Laplacian-of-Gaussian
+       response at the click). With ``polarity="auto"`` the sign of that response (the
+       click against its surroundings) decides bright-on-dark or dark-on-bright; dark
+       objects are handled by negating the window;
     2. *levels.* The window is robust-normalised (0.5/99.5 percentiles) and smoothed
        (Gaussian, σ = d/16 clipped to 0.7–2.5 px). Particle level ``p``: the highest
        smoothed value within d/5 of the click (a click need not hit the centre).
-       Background ``b``: the median of the unlabelled window pixels; noise ``σ_b``: the
-       MAD of the background side of that histogram (texture of the support included).
-       A click with ``p − b < MIN_CONTRAST_SIGMAS·σ_b`` (2.5; more for objects under
-       8 px) is refused: nothing stands out there;
-    3. *seed region.* Threshold half-way, ``b + 0.5·(p − b)`` (the particle's own level,
-       so dim particles next to bright ones work, where one Otsu level per window
-       would not), the connected component holding the click (or the nearest one within
-       d/4), holes filled. Labelled pixels (``labels > 0``) are never foreground;
-    4. *touching particles.* The component is split by a watershed, and the basin holding
-       the click is kept: first on the smoothed intensity, from maxima that rise more than
-       ``max(0.1·(p − b), 0.5·σ_b)`` above their saddle (touching particles of different
-       brightness, or separated by a dip); then on the distance transform, from maxima
-       rising more than ``max(1 px, 0.2·largest radius)`` (necks between touching blobs);
-    5. *edge.* A half-way level cuts a blurred edge on the inside: the piece is grown
-       back by at most ``0.08·d`` px (≥ 1) into pixels above ``b + 0.2·(p − b)`` that no
-       other basin or label owns (hysteresis, so it cannot leak into the background);
+       Background ``b``: the sigma-clipped median of a ring 0.7–1.2 d around the click
+       (the local support: a particle on a thick grain sits on the grain). Noise: the
+       spread (MAD) of the window minus its blur at d/2, on pixels more than d/4 away
+       from anything above the seed level (pixel noise and the support's texture up to
+       half a particle; neither particles nor their edges, however crowded). A click
+       where ``p − b`` is below ``MIN_CONTRAST_SIGMAS`` (3) noise sigmas (more for
+       objects under 8 px) is refused: nothing stands out there;
+    3. *seed.* Threshold half-way, ``b + 0.5·(p − b)`` (the particle's own level, so a
+       dim particle beside a bright one is found, where one Otsu level per window would
+       not); the connected component holding the click (or the nearest within d/4),
+       holes filled. Labelled pixels (``labels > 0``) are never foreground;
+    4. *touching particles.* The seed is split by watershed and the basin holding the
+       click is kept: first on the smoothed intensity, from maxima rising more than
+       ``max(0.1·(p − b), 0.5·noise)`` above their saddle (touching particles of
+       different brightness, or with a dip between them); then on the distance
+       transform, from maxima rising more than ``max(1 px, 0.2·largest radius)`` (necks);
+    5. *edge.* The half-way level lies inside a blurred or domed edge, so the piece grows
+       back (hysteresis) by at most 0.15·d px into pixels above ``b + 0.2·(p − b)``
+       where the intensity is still concave (Laplacian ≤ ~0): a blurred step stops at its
+       inflection, a domed particle reaches its steep rim; never into other basins or
+       labels;
     6. *looks.* A binary opening and closing with a disk of radius d/12 (objects ≥ 8 px)
        removes the pixel staircase, so the outline looks drawn by hand; the piece at the
-       click is kept and holes are filled.
+       click is kept, holes filled.
 
-    When the result touches the window's border the window is doubled (up to
-    ``max_window``); still touching there, the click is refused (a click on the support
-    flooding a region). Without a given diameter, a result more than 2× off the blob
-    scale is refused too (texture), and one 1.4–2× off is segmented once more at its own
-    size.
+    Plausibility: when the result touches the window's border the window is doubled (up
+    to ``max_window``), and the click is refused if it still does (a click on the support
+    flooding a region). With a given diameter, a result under d/2 must stand out again at
+    its own scale; a click refused at ``d`` inside a blob over 2 d is outlined at the
+    blob's size (a particle much larger than the median). Without a diameter, a result
+    under half the blob scale is refused (a texture clump), and one off by more than 1.4×
+    is segmented once more at its measured size.
 
 Method ``"model"`` (``model`` is a :class:`~napari_nanodefect.core.segment.LoadedModel`)
     The network runs on a window around the click (6 diameters, at least 192 network
@@ -89,8 +96,10 @@ GROW_STEPS = 0.15
 GROW_CURVATURE = 0.05
 #: a click is refused when the particle level is less than this many noise sigmas above the background
 MIN_CONTRAST_SIGMAS = 3.0
-#: below this diameter (px) the contrast needed grows as sqrt(SMALL_DIAMETER / d)
+#: below this diameter (px) the contrast needed grows ...
 SMALL_DIAMETER = 8.0
+#: ... as (SMALL_DIAMETER / d) ** SMALL_EXPONENT
+SMALL_EXPONENT = 0.5
 #: smallest accepted proposal (px)
 MIN_AREA_PX = 4
 #: background statistics: values above median + CLIP_SIGMAS x sigma are clipped off, CLIP_ROUNDS times
@@ -98,8 +107,9 @@ CLIP_SIGMAS = 2.5
 CLIP_ROUNDS = 3
 #: the background level is taken on a ring RING[0]..RING[1] diameters from the click
 RING = (0.7, 1.2)
-#: the noise is the spread of the window minus its Gaussian blur at NOISE_SCALE x diameter
+#: the noise is the spread of the window minus its Gaussian blur at NOISE_SCALE x diameter (>= NOISE_MIN_PX)
 NOISE_SCALE = 0.5
+NOISE_MIN_PX = 3.0
 #: intensity split: maxima must rise max(SPLIT_INTENSITY x contrast, SPLIT_NOISE x noise) above their saddle
 SPLIT_INTENSITY = 0.1
 SPLIT_NOISE = 0.5
@@ -107,12 +117,13 @@ SPLIT_NOISE = 0.5
 SPLIT_DYNAMIC = 0.2
 #: outline smoothing: opening/closing disk radius = diameter / SMOOTH_DIVISOR (objects >= 8 px)
 SMOOTH_DIVISOR = 12.0
-#: no diameter given: re-segment at the measured size when it is this far off the blob scale ...
+#: no diameter given: re-segment at the measured size when it is this far off the blob scale
 REESTIMATE = 1.4
-#: ... and refuse the click when it is this far off
+#: size checks (see the module docstring): a factor of 2 between expected and found sizes
 MISMATCH = 2.0
-#: blob scales probed by :func:`estimate_diameter` are this factor apart
+#: blob scales probed by :func:`estimate_diameter` are this factor apart ...
 SCALE_STEP = 2 ** 0.25
+#: ... and the smallest scale with a local maximum of at least this fraction of the largest wins
 PEAK_FRACTION = 0.5
 #: the model window is at least this many network pixels wide
 MODEL_MIN_NETWORK_PX = 192
@@ -165,7 +176,7 @@ def propose_object(
     diameter_px: float | None = None,
     labels: np.ndarray | None = None,
     polarity: str = "auto",
-    model: "LoadedModel | None" = None,
+    model: LoadedModel | None = None,
     pixel_size_nm: float | None = None,
     max_window: int = 512,
 ) -> Proposal:
@@ -383,6 +394,26 @@ class _Segmented:
 
 
 def _propose_threshold(img, rc, diameter_px, labels, polarity, max_window) -> Proposal:
+    try:
+        return _propose_threshold_at(img, rc, diameter_px, labels, polarity, max_window)
+    except NanodefectError:
+        if diameter_px is None:
+            raise
+        # the particle may be much larger than expected (a click inside one 5x the median
+        # sees no edge in its window): when the blob at the click is, outline it at its size
+        d_blob, _ = estimate_diameter(img, rc, polarity=polarity, max_diameter=max_window / 2.5)
+        if d_blob < MISMATCH * diameter_px:
+            raise
+        try:
+            prop = _propose_threshold_at(img, rc, None, labels, polarity, max_window)
+        except NanodefectError:
+            prop = None
+        if prop is None or prop.diameter_px < MISMATCH * diameter_px:
+            raise
+        return prop
+
+
+def _propose_threshold_at(img, rc, diameter_px, labels, polarity, max_window) -> Proposal:
     d = diameter_px
     if d is None:
         d, sign = estimate_diameter(img, rc, polarity=polarity, max_diameter=max_window / 2.5)
@@ -393,9 +424,10 @@ def _propose_threshold(img, rc, diameter_px, labels, polarity, max_window) -> Pr
     bright = sign > 0
     seg = _segment_growing(img, rc, d, labels, bright, max_window)
     if diameter_px is None and not (d / REESTIMATE < seg.diameter < d * REESTIMATE):
-        if not (d / MISMATCH < seg.diameter < d * MISMATCH):
-            # a particle's outline and its blob scale agree within ~30 %; on the support a
-            # texture clump answers at one scale and a speck at the other
+        if seg.diameter <= d / MISMATCH:
+            # a round particle's outline and its blob scale agree within ~30 % (elongated
+            # ones come out larger than their blob); on the support a wide clump of the
+            # texture answers the blob filter and a speck the threshold
             raise NanodefectError(
                 f"no distinct particle at the point: the blob there is ~{d:.0f} px across but the outline "
                 f"found is {seg.diameter:.0f} px; click on a particle or give its diameter")
@@ -403,6 +435,10 @@ def _propose_threshold(img, rc, diameter_px, labels, polarity, max_window) -> Pr
             seg = _segment_growing(img, rc, seg.diameter, labels, bright, max_window)
         except NanodefectError:
             pass
+    elif diameter_px is not None and seg.diameter < d / MISMATCH:
+        # much smaller than expected: it must also stand out at its own scale (a small
+        # particle does, a speck of the support's texture mostly does not)
+        seg = _segment_growing(img, rc, max(seg.diameter, 2.0), labels, bright, max_window)
     r0, _, c0, _ = seg.win
     return Proposal(mask=seg.mask, offset=(r0, c0), method="threshold", diameter_px=seg.diameter)
 
@@ -446,6 +482,21 @@ def _robust_levels(u: np.ndarray, valid: np.ndarray | None) -> tuple[float, floa
     return med, sig
 
 
+def _noise(u: np.ndarray, level: float, d: float, valid: np.ndarray | None) -> float:
+    """Noise of the background at the particle scale: the spread of ``u`` minus its blur at
+    ``NOISE_SCALE·d`` (pixel noise and support texture up to about half a particle, not the
+    slow variations), on pixels more than d/4 away from everything above ``level`` (so
+    neither particles nor their edges count, however crowded the window)."""
+    hp = u - ndi.gaussian_filter(u, max(NOISE_SCALE * d, NOISE_MIN_PX), truncate=2.5)
+    w = 2 * max(1, int(round(d / 4))) + 1
+    bg = ndi.maximum_filter(u > level, size=w) == 0
+    if valid is not None:
+        bg &= valid
+    if np.count_nonzero(bg) < 32:
+        bg = valid
+    return _robust_levels(hp, bg)[1]
+
+
 def _segment_window(img, rc, d, labels, bright, side) -> _Segmented:
     """Seeded threshold segmentation of the object at ``rc`` in one window (module docstring)."""
     H, W = img.shape
@@ -471,15 +522,13 @@ def _segment_window(img, rc, d, labels, bright, side) -> _Segmented:
     u = ndi.gaussian_filter(v, sigma, truncate=3.0)
 
     # background: the level of a ring around the expected outline (the local support: a
-    # particle on a thick grain sits on the grain); noise: the spread of the window below the
-    # particle scale (pixel noise and fine texture, not the slow support variations)
+    # particle on a thick grain sits on the grain)
     yy, xx = np.ogrid[-cr:u.shape[0] - cr, -cc:u.shape[1] - cc]
     rr = yy * yy + xx * xx
     ring = (rr >= (RING[0] * d) ** 2) & (rr <= (RING[1] * d) ** 2)
     if excl is not None:
         ring &= valid
     b, _ = _robust_levels(u, ring if np.count_nonzero(ring) >= 16 else valid)
-    _, noise = _robust_levels(u - ndi.gaussian_filter(u, NOISE_SCALE * d, truncate=2.5), valid)
     # particle level: the highest smoothed value near the click
     rp = max(2, int(round(d / 5)))
     ys = slice(max(cr - rp, 0), min(cr + rp + 1, u.shape[0]))
@@ -492,8 +541,9 @@ def _segment_window(img, rc, d, labels, bright, side) -> _Segmented:
         raise NanodefectError("the point is inside an already labelled object: no free pixels around it")
     p = float(u[ys, xs][near].max())
     contrast = p - b
+    noise = _noise(u, b + EDGE_LEVEL * contrast, d, valid)
     # small objects: few pixels and little smoothing, so noise specks reach higher
-    k_sig = MIN_CONTRAST_SIGMAS * max(1.0, math.sqrt(SMALL_DIAMETER / d))
+    k_sig = MIN_CONTRAST_SIGMAS * max(1.0, SMALL_DIAMETER / d) ** SMALL_EXPONENT
     if not contrast >= k_sig * max(noise, 1e-3):
         raise NanodefectError(
             f"no particle at the point: its contrast to the background ({contrast:.3g}) is below "
@@ -597,7 +647,9 @@ def _smooth(comp: np.ndarray, d: float, rc: tuple[int, int], excl: np.ndarray | 
         return comp
     k = _disk(rad)
     sl = _bbox(comp, rad + 1)
-    sm = ndi.binary_closing(ndi.binary_opening(comp[sl], k), k)
+    pad = rad + 1  # edge-replicated, so an object cut by the image border keeps its edge pixels
+    sm = np.pad(comp[sl], pad, mode="edge")
+    sm = ndi.binary_closing(ndi.binary_opening(sm, k), k)[pad:-pad, pad:-pad]
     if excl is not None:
         sm &= ~excl[sl]
     if not sm.any():
