@@ -81,6 +81,23 @@ def sample_bf():
     return _sample("bf")
 
 
+def sample_ordering():
+    """Monte Carlo deposition (Boiko et al. 2021): particles gathered on hidden line
+    defects (ordered) beside a defect-free, random deposition, with the defect map."""
+    from .core.defects.simulate import ordering_sample
+
+    layers = []
+    for ordered in (True, False):
+        image, labels, defects, ps = ordering_sample(ordered=ordered, seed=1)
+        name = "ordered" if ordered else "random"
+        common = {"scale": (ps, ps), "units": ("nm", "nm")}
+        meta = {"nanodefect": {"pixel_size_nm": ps, "pixel_size_source": "simulation"}}
+        layers.append((image, dict(common, name=f"deposition {name}", metadata=meta, visible=ordered), "image"))
+        if ordered:
+            layers.append((defects.astype(np.uint8), dict(common, name="hidden line defects", visible=False), "labels"))
+    return layers
+
+
 # ----------------------------------------------------------------------------- annotations
 
 def get_annotation_reader(path: str | list[str]) -> Callable | None:

@@ -1,0 +1,1 @@
+"""Defect segmentation and nanoparticle-ordering analysis (Qt-free)."""
