@@ -105,3 +105,13 @@ def test_calibration_widget_typed_and_scale_bar_line(make_napari_viewer):
     w.use_line_btn.click()
     assert "unit" in w.status.text()
     assert viewer.layers["raw"].metadata["nanodefect"]["pixel_size_nm"] == pytest.approx(1.25)
+
+
+def test_every_dock_opens_from_the_plugin_menu(make_napari_viewer):
+    viewer = make_napari_viewer()
+    got = {}
+    for title in ["Calibrate & label", "Train", "Predict", "Measure", "Export"]:
+        _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, title)
+        got[title] = type(widget).__name__
+    assert got == {"Calibrate & label": "LabelWidget", "Train": "TrainWidget", "Predict": "PredictWidget",
+                   "Measure": "MeasureWidget", "Export": "ExportWidget"}
