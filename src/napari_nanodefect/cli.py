@@ -165,6 +165,34 @@ def cmd_measure(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_order(args: argparse.Namespace) -> int:
+    """Ordering of the particles of a label image / annotation: Clark–Evans and Ripley's L."""
+    from .core.defects.order import order_statistics
+    from .core.measure.files import load_measure_inputs
+    from .core.measure.particles import measure_particles, region_bounds
+
+    rows = []
+    for inp in load_measure_inputs(args.input, image=args.image, pixel_size_nm=args.pixel_size, images=args.images):
+        regions = region_bounds(inp.labels.shape, inp.regions)
+        if len(regions) != 1:
+            raise NanodefectError(f"{inp.name}: order statistics need one analysed rectangle, found {len(regions)} crops")
+        table = measure_particles(inp.labels, inp.pixel_size_nm, regions=regions)
+        pts = table[["centroid_y_px", "centroid_x_px"]].to_numpy(float)
+        st = order_statistics(pts, regions[0], pixel_size_nm=inp.pixel_size_nm, seed=args.seed)
+        st["image"] = inp.name
+        rows.append(st)
+        if not args.json:
+            r = st.get("clark_evans_R")
+            print(f"{inp.name}: {st['n']} particles, Clark-Evans R {r if r is None else format(r, '.3f')} "
+                  f"(p {st.get('clark_evans_p') if st.get('clark_evans_p') is None else format(st['clark_evans_p'], '.2g')})"
+                  f", L(r)-r outside the CSR envelope: {st.get('outside_envelope')} -> {st.get('verdict')}")
+    if args.json:
+        curves = ("r_px", "r_nm", "L_minus_r_px", "L_minus_r_nm", "envelope_lo_px", "envelope_hi_px",
+                  "envelope_lo_nm", "envelope_hi_nm")
+        print(json.dumps([{k: v for k, v in st.items() if args.curves or k not in curves} for st in rows], indent=2))
+    return 0
+
+
 def cmd_skeleton(args: argparse.Namespace) -> int:
     from .core.measure.skeleton import measure_skeleton_file
 
@@ -254,6 +282,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("order", help="particle ordering vs complete spatial randomness (Clark-Evans, Ripley's L)")
+    s.add_argument("input", metavar="LABELS.tif|ANN.json", help="instance label TIFF, LabelMe JSON or COCO JSON")
+    s.add_argument("--image", default=None, metavar="IMG", help="the micrograph (pixel size, info bar)")
+    s.add_argument("--pixel-size", type=float, default=None, metavar="NM")
+    s.add_argument("--images", default=None, metavar="DIR", help="folder of the images a COCO file refers to")
+    s.add_argument("--seed", type=int, default=0, help="seed of the CSR envelope simulations")
+    s.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    s.add_argument("--curves", action="store_true", help="with --json: include L(r)-r and its envelope")
+    s.set_defaults(func=cmd_order)
 
     s = sub.add_parser("measure", help="particle table in nm, population summary and size histogram")
     s.add_argument("input", metavar="LABELS.tif|ANN.json", help="instance label TIFF, LabelMe JSON or COCO JSON")
