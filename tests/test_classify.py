@@ -45,6 +45,20 @@ def test_roc_auc_hand_computed():
         roc_auc([0.1, 0.2], [1, 1])
 
 
+def test_pca_known_data():
+    from napari_nanodefect.core.defects.classify import pca
+
+    rng = np.random.default_rng(0)
+    t = rng.normal(size=200)
+    x = np.column_stack([3 * t, 3 * t, 0.01 * rng.normal(size=200)])  # one direction (1,1,0)/sqrt2
+    scores, frac = pca(x, k=2)
+    assert frac[0] > 0.999
+    assert abs(np.corrcoef(scores[:, 0], t)[0, 1]) > 0.9999
+    assert np.std(scores[:, 0]) == pytest.approx(3 * np.sqrt(2) * np.std(t), rel=1e-6)
+    with pytest.raises(ValueError):
+        pca(np.ones((1, 3)))
+
+
 def test_save_load_round_trip(tmp_path, one_thread):
     torch.manual_seed(0)
     clf = build_classifier(CLASSES, encoder="resnet10t", patch=32)
@@ -111,3 +125,18 @@ def test_simulated_ordered_vs_random_auc(one_thread):
     assert pm.dtype == np.float32 and np.all((pm >= 0) & (pm <= 1))
     p = clf.predict_proba(x_te[0])
     assert p.shape == (2,) and p.sum() == pytest.approx(1.0, abs=1e-5)
+    # saliency: a map of the image's size, normalised, not uniform
+    sal = clf.saliency(x_te[0])
+    assert sal.shape == SHAPE and sal.max() == pytest.approx(1.0) and sal.min() >= 0 and sal.std() > 0.01
+    # patch embeddings (Boiko Fig. 8): the first principal component of the per-image mean
+    # embedding separates ordered from random images
+    from napari_nanodefect.core.defects.classify import pca
+
+    emb, centres = clf.embeddings(x_te[0], stride=64)
+    assert emb.shape[0] == centres.shape[0] == 9 and emb.ndim == 2  # 3 x 3 patches of 64 px
+    np.testing.assert_allclose(centres[0], [32, 32])
+    means = np.stack([clf.embeddings(x, stride=64)[0].mean(axis=0) for x in x_te])
+    pcs, frac = pca(means, k=2)
+    a = roc_auc(pcs[:, 0], y_te)
+    print(f"PC1 separates ordered/random with AUC {max(a, 1 - a):.3f} (explains {frac[0]:.0%})")
+    assert max(a, 1 - a) >= 0.8

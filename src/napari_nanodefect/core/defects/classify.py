@@ -40,6 +40,7 @@ __all__ = [
     "load_classifier",
     "simulated_dataset",
     "roc_auc",
+    "pca",
 ]
 
 
@@ -121,6 +122,72 @@ class OrderClassifier:
         probs, (nh, nw) = self._patch_probs(image, stride)
         k = 1 if len(self.classes) > 1 else 0
         return probs[:, k].reshape(nh, nw).astype(np.float32)
+
+
+    def saliency(self, image: np.ndarray, target: int = 1, stride: int | None = None) -> np.ndarray:
+        """Gradient saliency (Simonyan et al. 2014) of the class ``target`` logit: ``|d logit /
+        d pixel|`` of every patch (non-overlapping grid by default), averaged where patches
+        overlap; a float32 ``(H, W)`` map normalised to a maximum of 1 (for a napari layer).
+        """
+        img = _prepare(image)
+        H0, W0 = img.shape
+        img = _pad_to(img, self.patch)
+        H, W = img.shape
+        p = self.patch
+        stride = int(stride or p)
+        rs, cs = _starts(H, p, stride), _starts(W, p, stride)
+        if rs[-1] + p < H:
+            rs.append(H - p)
+        if cs[-1] + p < W:
+            cs.append(W - p)
+        acc = np.zeros((H, W), np.float32)
+        cnt = np.zeros((H, W), np.float32)
+        dev = next(self.module.parameters()).device
+        self.module.eval()
+        k = min(int(target), len(self.classes) - 1)
+        for r in rs:
+            for c in cs:
+                x = torch.from_numpy(np.ascontiguousarray(img[None, None, r : r + p, c : c + p])).to(dev)
+                x.requires_grad_(True)
+                self.module.zero_grad(set_to_none=True)
+                self.module(x)[0, k].backward()
+                acc[r : r + p, c : c + p] += x.grad[0, 0].abs().cpu().numpy()
+                cnt[r : r + p, c : c + p] += 1
+        sal = (acc / np.maximum(cnt, 1))[:H0, :W0]
+        top = float(sal.max())
+        return sal / top if top > 0 else sal
+
+    def embeddings(self, image: np.ndarray, stride: int | None = None, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """Pooled encoder features of every patch: ``(N, D)`` float32 and the ``(N, 2)``
+        (row, col) centres of the patches in image pixels (Boiko et al. Fig. 8)."""
+        img = _pad_to(_prepare(image), self.patch)
+        p = self.patch
+        stride = int(stride or max(1, p // 2))
+        rs, cs = _starts(img.shape[0], p, stride), _starts(img.shape[1], p, stride)
+        tiles = np.stack([img[r : r + p, c : c + p] for r in rs for c in cs])[:, None]
+        centres = np.array([(r + p / 2, c + p / 2) for r in rs for c in cs], np.float32)
+        dev = next(self.module.parameters()).device
+        self.module.eval()
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(tiles), batch):
+                x = torch.from_numpy(np.ascontiguousarray(tiles[i : i + batch])).to(dev)
+                f = self.module.forward_head(self.module.forward_features(x), pre_logits=True)
+                out.append(f.float().cpu().numpy())
+        return np.concatenate(out), centres
+
+
+def pca(features: np.ndarray, k: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Principal components of ``(N, D)`` features: the ``(N, k)`` scores and the fraction
+    of variance each of the ``k`` components explains (SVD of the centred data)."""
+    x = np.asarray(features, np.float64)
+    if x.ndim != 2 or len(x) < 2:
+        raise ValueError(f"PCA needs (N >= 2, D) features, got shape {x.shape}")
+    x = x - x.mean(axis=0)
+    u, sv, _ = np.linalg.svd(x, full_matrices=False)
+    k = min(k, len(sv))
+    var = sv**2
+    return (u[:, :k] * sv[:k]).astype(np.float32), (var[:k] / max(var.sum(), 1e-30)).astype(np.float32)
 
 
 def _make_module(encoder: str, n_classes: int) -> torch.nn.Module:
