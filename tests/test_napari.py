@@ -110,8 +110,8 @@ def test_calibration_widget_typed_and_scale_bar_line(make_napari_viewer):
 def test_every_dock_opens_from_the_plugin_menu(make_napari_viewer):
     viewer = make_napari_viewer()
     got = {}
-    for title in ["Calibrate & label", "Train", "Predict", "Measure", "Export"]:
+    for title in ["Calibrate & label", "Train", "Predict", "Measure", "Export", "Defects & ordering"]:
         _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, title)
         got[title] = type(widget).__name__
     assert got == {"Calibrate & label": "LabelWidget", "Train": "TrainWidget", "Predict": "PredictWidget",
-                   "Measure": "MeasureWidget", "Export": "ExportWidget"}
+                   "Measure": "MeasureWidget", "Export": "ExportWidget", "Defects & ordering": "DefectsWidget"}
