@@ -33,28 +33,36 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 
 from ..errors import NanodefectError
-from ..segment.model import CONFIG, WEIGHTS, _env, imagenet_weights_cached, resolve_device
+from ..segment.model import (
+    CONFIG,
+    WEIGHTS,
+    _env,
+    imagenet_weights_cached,
+    resolve_device,
+)
 from ..segment.predict import _even_tiles, normalise, robust_range
 
 __all__ = [
     "DefectModel",
     "build_defect_model",
-    "train_defects",
-    "predict_defects",
     "defect_statistics",
-    "save_defect_model",
     "load_defect_model",
     "masked_loss",
+    "predict_defects",
+    "save_defect_model",
+    "train_defects",
 ]
 
 FORMAT = "napari-nanodefect-model"
@@ -73,7 +81,7 @@ class DefectModel:
     module: torch.nn.Module
     classes: list[str]
     config: dict[str, Any] = field(default_factory=dict)
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
 # ----------------------------------------------------------------------------- model
@@ -112,9 +120,9 @@ def _make_module(cfg: dict[str, Any], encoder_weights: str | None) -> torch.nn.M
     arch = cfg["arch"]
     if arch not in ARCHS:
         raise NanodefectError(f"unknown defect architecture {arch!r}: use one of {ARCHS}")
-    kwargs: dict[str, Any] = dict(encoder_name=cfg["encoder"], encoder_weights=encoder_weights,
-                                  in_channels=int(cfg.get("in_channels", 1)), classes=len(cfg["classes"]),
-                                  encoder_depth=int(cfg["encoder_depth"]))
+    kwargs: dict[str, Any] = {"encoder_name": cfg["encoder"], "encoder_weights": encoder_weights,
+                              "in_channels": int(cfg.get("in_channels", 1)), "classes": len(cfg["classes"]),
+                              "encoder_depth": int(cfg["encoder_depth"])}
     if arch == "Unet":
         dc = cfg.get("decoder_channels") or [256, 128, 64, 32, 16]
         kwargs["decoder_channels"] = tuple(dc)[: int(cfg["encoder_depth"])]
@@ -265,7 +273,7 @@ def masked_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
 
 
 def _gauss_kernel(sigma: float) -> torch.Tensor:
-    r = max(1, int(math.ceil(3 * sigma)))
+    r = max(1, math.ceil(3 * sigma))
     x = torch.arange(-r, r + 1, dtype=torch.float32)
     k = torch.exp(-0.5 * (x / sigma) ** 2)
     return k / k.sum()
@@ -430,7 +438,7 @@ def train_defects(
     elif list(model.classes) != classes:
         raise NanodefectError(f"the model's classes {model.classes} differ from {classes}")
     mult = 2 ** int(model.config.get("encoder_depth", 5))
-    patch = max(mult, int(round(patch / mult)) * mult)
+    patch = max(mult, round(patch / mult) * mult)
     data = _prepare(images, masks, annotated, classes, model.config, patch)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -479,7 +487,7 @@ def train_defects(
         "patch": patch,
         "batch_size": batch_size,
         "seconds": time.perf_counter() - t0,
-        "final_loss": float(np.mean(losses[-max(1, steps_per_epoch):])) if losses else float("nan"),
+        "final_loss": float(np.mean(losses[-max(1, steps_per_epoch):])) if losses else None,
         "losses": losses,
         "stopped": stopped,
         "seed": seed,
@@ -579,7 +587,7 @@ def defect_statistics(
     prune_nm: float | None = None,
     valid_area_px: float | np.ndarray | None = None,
     min_area_px: int = 0,
-) -> tuple["pd.DataFrame", dict[str, Any]]:
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Threshold per-class probabilities and measure them.
 
     ``prob``: ``(C, H, W)`` uint8 (x255, as from :func:`predict_defects`), float in
@@ -593,8 +601,6 @@ def defect_statistics(
     (totals over the line classes; ``per_class`` for every class, point classes with
     ``n_defects`` and ``density_per_um2``), plus ``threshold`` and ``point_counts``.
     """
-    import pandas as pd
-
     from ..measure.skeleton import COLUMNS, skeleton_table
 
     classes = [str(c) for c in classes]

@@ -154,6 +154,9 @@ def read_config(folder: str | os.PathLike) -> ModelConfig:
         data = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise NanodefectError(f"config.json is not valid JSON ({exc})", cfg_path) from exc
+    if isinstance(data, dict) and data.get("task") not in (None, "particles"):
+        raise NanodefectError(f"this is a {data.get('task')!r} model, not a particle model "
+                              "(defect models load with core.defects.segment.load_defect_model)", cfg_path)
     return ModelConfig.from_json(data, cfg_path)
 
 
