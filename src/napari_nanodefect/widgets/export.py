@@ -29,7 +29,6 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.errors import NanodefectError
-from ..core.export import FORMATS
 from . import _common as C
 
 if TYPE_CHECKING:  # pragma: no cover

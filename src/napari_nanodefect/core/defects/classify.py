@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -330,32 +328,14 @@ def train_classifier(
 def save_classifier(clf: OrderClassifier, folder: str | os.PathLike) -> Path:
     """Write ``model.safetensors`` + ``config.json`` into ``folder`` atomically
     (temporary sibling folder, then rename; refuses to replace a non-model folder)."""
-    from safetensors.torch import save_file
-
     from ... import __version__
+    from ..segment.model import write_weights_folder
 
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     cfg = dict(clf.config)
     cfg.update(format=FORMAT, classes=list(clf.classes), patch=int(clf.patch), package_version=__version__)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
-        state = {k: v.detach().to("cpu").contiguous() for k, v in clf.module.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
-        (tmp / CONFIG).write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
-        old = None
-        if folder.exists():
-            if not (folder / CONFIG).exists() and any(folder.iterdir()):
-                raise NanodefectError("exists and is not a classifier folder; refusing to overwrite it", folder)
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+    state = {k: v.detach().to("cpu").contiguous() for k, v in clf.module.state_dict().items()}
+    return write_weights_folder(folder, state, json.dumps(cfg, indent=2), {"format": FORMAT}, kind="classifier")
 
 
 def load_classifier(folder: str | os.PathLike, device: str | torch.device = "cpu") -> OrderClassifier:

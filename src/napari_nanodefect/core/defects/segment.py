@@ -29,8 +29,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -168,33 +166,16 @@ def build_defect_model(
 def save_defect_model(model: DefectModel, folder: str | os.PathLike) -> Path:
     """Write ``model.safetensors`` + ``config.json`` (``"task": "defects"``) atomically:
     both go to a temporary sibling folder which then replaces ``folder``."""
-    from safetensors.torch import save_file
-
     from ... import __version__
+    from ..segment.model import write_weights_folder
 
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     cfg = dict(model.config)
     cfg.update(format=FORMAT, format_version=FORMAT_VERSION, task=TASK, classes=list(model.classes),
                package_version=__version__)
     text = json.dumps(cfg, indent=2, allow_nan=False)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
-        state = {k: v.detach().to("cpu").contiguous() for k, v in model.module.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT, "task": TASK})
-        (tmp / CONFIG).write_text(text + "\n", encoding="utf-8")
-        old = None
-        if folder.exists():
-            if not (folder / CONFIG).exists() and any(folder.iterdir()):
-                raise NanodefectError("exists and is not a model folder; refusing to overwrite it", folder)
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.module.state_dict().items()}
+    write_weights_folder(folder, state, text, {"format": FORMAT, "task": TASK}, kind="model")
     model.config = cfg
     return folder
 

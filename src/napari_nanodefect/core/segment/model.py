@@ -116,22 +116,31 @@ def save_model(folder: str | os.PathLike, module: torch.nn.Module, config: Model
     Both files are written into a temporary sibling folder which then replaces ``folder``,
     so an interrupted save never leaves a half-written model.
     """
+    config.package_version = __version__
+    state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    return write_weights_folder(folder, state, config.dumps(), {"format": "napari-nanodefect-model"})
+
+
+def write_weights_folder(folder: str | os.PathLike, state: dict, config_text: str, metadata: dict[str, str],
+                         kind: str = "model") -> Path:
+    """Write ``model.safetensors`` (``state``) + ``config.json`` (``config_text``) into
+    ``folder`` atomically: both go into a temporary sibling folder that then replaces
+    ``folder``, so an interrupted save never leaves a half-written model. A non-empty
+    ``folder`` without ``config.json`` is not a ``kind`` folder and is never replaced."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    config.package_version = __version__
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
-        state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-        if half:
-            state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": "napari-nanodefect-model"})
-        (tmp / CONFIG).write_text(config.dumps() + "\n", encoding="utf-8")
+        save_file(state, str(tmp / WEIGHTS), metadata=metadata)
+        (tmp / CONFIG).write_text(config_text + "\n", encoding="utf-8")
         old = None
         if folder.exists():
             if not (folder / CONFIG).exists() and any(folder.iterdir()):
-                raise NanodefectError("exists and is not a model folder; refusing to overwrite it", folder)
+                raise NanodefectError(f"exists and is not a {kind} folder; refusing to overwrite it", folder)
             old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
             os.replace(folder, old)
         os.replace(tmp, folder)
