@@ -6,8 +6,11 @@ Sub-commands (``nanodefect COMMAND --help`` for each):
   info bar (valid region) and scale bar.
 - ``convert IN --to coco|labelme|labels --out OUT``: LabelMe <-> COCO <-> label TIFFs.
 - ``train ANN.json... --out MODEL_DIR``: fine-tune the starter model (or train one) on crops.
+- ``train --task defects|classify ...``: a defect segmenter from LabelMe lines/polygons/points,
+  or an image classifier (ordered vs disordered) from class folders, a tag CSV or LabelMe flags.
 - ``predict MODEL_DIR IMAGE... --out DIR``: tiled whole-image segmentation, label TIFF,
-  LabelMe and COCO outputs.
+  LabelMe and COCO outputs; with a defect model ``<stem>_defects.tif`` + ``<stem>_defects.csv``;
+  with a classifier ``classification.csv`` + probability maps.
 - ``measure LABELS.tif|ANN.json --out DIR``: particle table (nm), population summary, histogram.
 - ``skeleton MASK.tif --out DIR``: line-defect skeleton lengths (nm), branches, junctions.
 - ``evaluate --truth T --pred P``: detection/segmentation scores of a prediction against the truth.
@@ -81,8 +84,60 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_defects(args: argparse.Namespace) -> int:
+    from .core.defects.files import train_defect_files
+
+    base = None if str(args.base).lower() in ("starter", "none") else args.base
+    budget = args.time_budget if args.epochs is None else None
+    last = [0.0]
+
+    def report(step, total):
+        import time
+
+        now = time.monotonic()
+        if not args.quiet and (now - last[0] > 2.0 or step == total):
+            last[0] = now
+            print(f"step {step}" + (f"/{total}" if total else ""), flush=True)
+
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    res = train_defect_files(args.annotations, args.out, classes=classes, images=args.images,
+                             line_width_nm=args.line_width_nm, line_width_px=args.line_width_px, epochs=args.epochs,
+                             time_budget_s=budget, device=args.device, base=base, arch=args.arch,
+                             encoder=args.encoder or "resnet18", seed=args.seed, progress=report)
+    cfg = res.model.config
+    width = cfg.get("line_width_px")
+    print(f"saved {res.path}: defect model ({cfg['arch']}/{cfg['encoder']}), classes {res.model.classes}, "
+          f"{res.info['steps']} steps in {res.info['seconds']:.1f} s, final loss {res.info['final_loss']:.3f}, "
+          f"pixel size {cfg.get('pixel_size_nm') or 'unknown'} nm, line width "
+          f"{'-' if width is None else f'{width:.2f} px'}")
+    if res.ignored:
+        print(f"ignored labels (not defect classes): {res.ignored}")
+    return 0
+
+
+def _train_classifier(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .core.defects.files import train_classifier_files
+
+    budget = args.time_budget if args.epochs is None else None
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    clf, hist, path = train_classifier_files(args.annotations, args.out, classes=classes, epochs=args.epochs,
+                                             time_budget_s=budget, seed=args.seed,
+                                             encoder=args.encoder or "resnet10t")
+    acc = float(np.mean(hist["acc"][-20:])) if hist["acc"] else float("nan")
+    print(f"saved {path}: image classifier, classes {clf.classes}, {hist['n_images']} images, {hist['steps']} steps "
+          f"in {hist['seconds']:.1f} s, recent training accuracy {acc:.2f}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .core.segment.train import train
+
+    if args.task == "defects":
+        return _train_defects(args)
+    if args.task == "classify":
+        return _train_classifier(args)
 
     base = {"starter": "starter", "none": None}.get(str(args.base).lower(), args.base)
     budget = args.time_budget if args.epochs is None else None
@@ -104,15 +159,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
+def _progress_bars(args: argparse.Namespace, bars: list):
     from tqdm import tqdm
-
-    from .core.segment.model import load_model
-    from .core.segment.outputs import predict_files
-
-    model = load_model(None if args.model in ("starter", "default") else args.model, device=args.device)
-    scale = "auto" if args.scale == "auto" else float(args.scale)
-    bars = []
 
     def on_image(path, i, n):
         if args.quiet:
@@ -126,6 +174,59 @@ def cmd_predict(args: argparse.Namespace) -> int:
             bar.n = done
             bar.refresh()
         return cb
+    return on_image
+
+
+def _predict_defects(args: argparse.Namespace) -> int:
+    from .core.defects.files import predict_defect_files
+
+    bars: list = []
+    kw = {}
+    if args.tile:
+        kw["tile"] = args.tile
+    if args.overlap is not None:
+        kw["overlap"] = args.overlap
+    results, summary = predict_defect_files(args.model, args.images, args.out, pixel_size_nm=args.pixel_size,
+                                            threshold=args.threshold, device=args.device,
+                                            probabilities=args.probabilities, on_image=_progress_bars(args, bars), **kw)
+    for b in bars:
+        b.close()
+    for r in results:
+        unit = r.summary["length_unit"]
+        per = ", ".join(f"{c} {d['n_defects']}" + (f" ({d['total_length_nm']:.4g} {unit})" if "total_length_nm" in d
+                                                    else "") for c, d in r.summary["per_class"].items())
+        print(f"{r.image.name}: {per} -> {r.tiff.name}, {r.csv.name}")
+    print(f"summary: {summary}")
+    return 0
+
+
+def _predict_classifier(args: argparse.Namespace) -> int:
+    from .core.defects.files import predict_classifier_files
+
+    table, csv = predict_classifier_files(args.model, args.images, args.out)
+    for _, row in table.iterrows():
+        probs = "  ".join(f"{k[2:]} {row[k]:.3f}" for k in table.columns if k.startswith("p_"))
+        print(f"{row['image']}: {row['predicted']}  ({probs})")
+    print(f"table: {csv}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .core.segment.model import load_model
+    from .core.segment.outputs import predict_files
+
+    if args.model not in ("starter", "default"):
+        from .core.defects.files import model_task
+
+        task = model_task(args.model)
+        if task == "defects":
+            return _predict_defects(args)
+        if task == "classify":
+            return _predict_classifier(args)
+    model = load_model(None if args.model in ("starter", "default") else args.model, device=args.device)
+    scale = "auto" if args.scale == "auto" else float(args.scale)
+    bars: list = []
+    on_image = _progress_bars(args, bars)
 
     kwargs = {"scale": scale}
     if args.pixel_size is not None:
@@ -257,8 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--images", default=None, metavar="DIR", help="folder with the images COCO refers to")
     s.set_defaults(func=cmd_convert)
 
-    s = sub.add_parser("train", help="fine-tune a particle model on annotated crops (LabelMe or COCO)")
-    s.add_argument("annotations", nargs="+", metavar="ANN.json", help="LabelMe files/folders or COCO files")
+    s = sub.add_parser("train", help="fine-tune a particle model on annotated crops (LabelMe or COCO); "
+                                     "or train a defect segmenter (--task defects) or an image classifier (--task classify)")
+    s.add_argument("annotations", nargs="+", metavar="ANN.json",
+                   help="LabelMe files/folders or COCO files; for --task classify: class folders "
+                        "(one sub-folder per class), a CSV tag table (image,class) or LabelMe files with flags")
+    s.add_argument("--task", default="particles", choices=["particles", "defects", "classify"],
+                   help="particles (default), defects (multi-label line/area/point defect segmenter) or classify "
+                        "(ordered vs disordered, or any image classes)")
     s.add_argument("--out", required=True, metavar="MODEL_DIR")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--time-budget", type=float, default=60.0, metavar="S", help="seconds of training (default 60)")
@@ -268,6 +375,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from this model (default: the shipped starter; 'none' = a new model)")
     s.add_argument("--images", default=None, metavar="DIR", help="folder of the images a COCO file refers to")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--classes", default=None, metavar="A,B,...",
+                   help="defects/classify: class names in order (default: the labels found)")
+    s.add_argument("--line-width-nm", type=float, default=None, metavar="NM",
+                   help="defects: width lines are drawn at (default: half the annotated particle diameter)")
+    s.add_argument("--line-width-px", type=float, default=None, metavar="PX", help="defects: line width in px")
+    s.add_argument("--arch", default="FPN", choices=["FPN", "Unet"], help="defects: network (default FPN)")
+    s.add_argument("--encoder", default=None, help="defects/classify: encoder (default resnet18 / resnet10t)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_train)
 
@@ -280,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tile", type=int, default=None, help="tile size in network px (default from the model)")
     s.add_argument("--overlap", type=int, default=None, help="tile overlap in network px")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--threshold", type=float, default=0.5, help="defect models: probability threshold (default 0.5)")
+    s.add_argument("--probabilities", action="store_true",
+                   help="defect models: also write <stem>_defects_prob.tif (probability x255 per class)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_predict)
 

@@ -19,9 +19,10 @@ density in nm/µm², branches) and counts the point classes (count and density p
 Model folders mirror the particle model's (``model.safetensors`` + ``config.json``,
 written atomically, never pickled) with ``"task": "defects"`` in the config.
 
-Scale: the network is applied at the image's own resolution; ``config["pixel_size_nm"]``
-records the training pixel size (rescaling images of another pixel size is left to the
-caller for now).
+Scale: ``config["pixel_size_nm"]`` records the training pixel size (training images of
+different pixel sizes are resampled to a common one); :func:`predict_defects_scaled`
+resamples an image of another pixel size to it, so a model trained at 2 nm/px works on a
+1 nm/px image.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ __all__ = [
     "load_defect_model",
     "masked_loss",
     "predict_defects",
+    "predict_defects_scaled",
     "save_defect_model",
     "train_defects",
 ]
@@ -515,6 +517,9 @@ def predict_defects(model: DefectModel, image: np.ndarray, *, tile: int | None =
     ``tile`` px (spread evenly, at least ``overlap`` px shared), each tile padded by
     reflection to a multiple of the network's stride, and the tiles blended with a
     window that is ~0 on the outer quarter of the overlap and ramps smoothly to 1.
+
+    Memory is bounded: the float accumulator holds one band of tile rows at a time
+    (``C x (2 tile) x W``), finished rows go straight into the uint8 result.
     """
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[-1] in (3, 4):
@@ -533,26 +538,81 @@ def predict_defects(model: DefectModel, image: np.ndarray, *, tile: int | None =
     lo, hi = robust_range(image, nrm.get("low_percentile", 0.5), nrm.get("high_percentile", 99.5))
     mult = 2 ** int(cfg.get("encoder_depth", 5))
     ph, pw = (-th) % mult, (-tw) % mult
-    acc = np.zeros((C, H, W), np.float32)
-    wsum = np.zeros((H, W), np.float32)
+    out = np.empty((C, H, W), np.uint8)
+    # rolling band: rows [b0, b0 + len) of the accumulator; rows above the next tile row are final
+    acc = np.zeros((C, 0, W), np.float32)
+    wsum = np.zeros((0, W), np.float32)
+    b0 = 0
+
+    def flush(upto: int) -> None:
+        nonlocal acc, wsum, b0
+        n = upto - b0
+        if n <= 0:
+            return
+        q = acc[:, :n] / np.maximum(wsum[:n], 1e-12)[None]
+        out[:, b0:upto] = np.clip(q * 255 + 0.5, 0, 255).astype(np.uint8)
+        acc, wsum, b0 = acc[:, n:], wsum[n:], upto
+
     module = model.module.eval()
     dev = model.device
     jobs = [(y, x) for y in ys for x in xs]
-    for start in range(0, len(jobs), max(1, batch_size)):
-        part = jobs[start:start + max(1, batch_size)]
-        tiles = [normalise(image[y:y + th, x:x + tw], lo, hi) for y, x in part]
-        if ph or pw:
-            tiles = [np.pad(t, ((0, ph), (0, pw)), mode="reflect" if min(th, tw) > max(ph, pw) else "symmetric")
-                     for t in tiles]
-        arr = torch.from_numpy(np.stack(tiles)[:, None]).to(dev)
-        prob = torch.sigmoid(module(arr).float())[:, :, :th, :tw].cpu().numpy()
-        for (y, x), p in zip(part, prob):
-            acc[:, y:y + th, x:x + tw] += p * win[None]
-            wsum[y:y + th, x:x + tw] += win
-        if progress is not None:
-            progress(min(start + len(part), len(jobs)), len(jobs))
-    q = acc / wsum[None]
-    return np.clip(q * 255 + 0.5, 0, 255).astype(np.uint8)
+    done = 0
+    step = max(1, batch_size)
+    for y in ys:
+        flush(y)
+        need = y + th - b0
+        if need > wsum.shape[0]:
+            extra = need - wsum.shape[0]
+            acc = np.concatenate([acc, np.zeros((C, extra, W), np.float32)], axis=1)
+            wsum = np.concatenate([wsum, np.zeros((extra, W), np.float32)], axis=0)
+        row = [(y, x) for x in xs]
+        for start in range(0, len(row), step):
+            part = row[start:start + step]
+            tiles = [normalise(image[y:y + th, x:x + tw], lo, hi) for _, x in part]
+            if ph or pw:
+                tiles = [np.pad(t, ((0, ph), (0, pw)), mode="reflect" if min(th, tw) > max(ph, pw) else "symmetric")
+                         for t in tiles]
+            arr = torch.from_numpy(np.stack(tiles)[:, None]).to(dev)
+            prob = torch.sigmoid(module(arr).float())[:, :, :th, :tw].cpu().numpy()
+            r = y - b0
+            for (_, x), p in zip(part, prob):
+                acc[:, r:r + th, x:x + tw] += p * win[None]
+                wsum[r:r + th, x:x + tw] += win
+            done += len(part)
+            if progress is not None:
+                progress(done, len(jobs))
+    flush(H)
+    return out
+
+
+def predict_defects_scaled(model: DefectModel, image: np.ndarray, pixel_size_nm: float | None = None,
+                           **kwargs) -> tuple[np.ndarray, float]:
+    """:func:`predict_defects` at the model's training scale.
+
+    When both the model's training pixel size (``config["pixel_size_nm"]``) and
+    ``pixel_size_nm`` are known and differ by more than 2 %, the image is resampled so
+    that defects appear as large as in training, and the probabilities are resampled
+    back to the image's own grid. Returns ``(probabilities, scale)`` with ``scale`` the
+    network px per image px (1.0 when not rescaled).
+    """
+    from ..segment.data import _resize
+
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] in (3, 4):
+        image = image[..., :3].mean(-1)
+    trained = model.config.get("pixel_size_nm")
+    scale = 1.0
+    if trained and pixel_size_nm and abs(float(pixel_size_nm) / float(trained) - 1.0) > 0.02:
+        scale = float(pixel_size_nm) / float(trained)
+    if scale == 1.0:
+        return predict_defects(model, image, **kwargs), 1.0
+    H, W = image.shape
+    shape = (max(8, round(H * scale)), max(8, round(W * scale)))
+    small = _resize(image.astype(np.float32), shape, "bilinear")
+    prob = predict_defects(model, small, **kwargs)
+    back = np.stack([np.clip(_resize(p.astype(np.float32), (H, W), "bilinear") + 0.5, 0, 255).astype(np.uint8)
+                     for p in prob])
+    return back, scale
 
 
 # ----------------------------------------------------------------------------- statistics
