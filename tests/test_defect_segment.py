@@ -226,3 +226,49 @@ def test_particle_loader_refuses_a_defect_model_clearly(tmp_path):
     save_defect_model(build_defect_model(["grain_boundary"], encoder_weights=None), tmp_path / "d")
     with pytest.raises(NanodefectError, match="'defects' model, not a particle model"):
         load_model(tmp_path / "d", device="cpu")
+
+
+def test_hysteresis_keeps_the_faint_stretch_of_a_line():
+    """A 100-px line whose middle 40 px are faint (p 0.3): a plain threshold of 0.5 cuts it
+    in two 30-px pieces; hysteresis at 0.2 keeps the whole line; an isolated faint blob
+    (not touching any certain pixel) stays out."""
+    from napari_nanodefect.core.defects.segment import threshold_masks
+
+    prob = np.zeros((1, 80, 160), np.uint8)
+    prob[0, 20:25, 30:130] = 200
+    prob[0, 20:25, 60:100] = 77  # 0.30
+    prob[0, 60:70, 60:70] = 77  # faint and isolated
+    _, plain = defect_statistics(prob, CLASSES, 1.0, point_classes=())
+    _, hyst = defect_statistics(prob, CLASSES, 1.0, point_classes=(), low_threshold=0.2)
+    assert plain["n_defects"] == 2 and abs(plain["total_length_nm"] - 60) <= 4
+    assert hyst["n_defects"] == 1 and abs(hyst["total_length_nm"] - 100) <= 4
+    m = threshold_masks(prob, 0.5, [0.2])
+    assert not m[0, 60:70, 60:70].any() and m[0, 20:25, 30:130].all()
+    assert hyst["low_threshold"] == [0.2]
+    with pytest.raises(ValueError, match="one low threshold per class"):
+        threshold_masks(prob, 0.5, [0.2, 0.1])
+
+
+def test_calibrate_thresholds_picks_the_low_threshold_that_restores_length(tmp_path):
+    """A stand-in network whose output is a line with a faint middle: calibration against
+    the true full-length line picks a low threshold below the faint level, stores it in
+    the config, and it survives save/load."""
+    from napari_nanodefect.core.defects.segment import calibrate_thresholds, thresholds_from_config
+
+    class Faint(torch.nn.Module):
+        def forward(self, x):
+            out = torch.full((x.shape[0], 1, *x.shape[2:]), -6.0)
+            out[:, :, 20:25, 30:130] = 2.0
+            out[:, :, 20:25, 60:100] = -0.85  # sigmoid 0.30
+            return out
+
+    model = _small_model()
+    model.module = Faint()
+    img = np.zeros((64, 160), np.float32)
+    truth = np.zeros((1, 64, 160), bool)
+    truth[0, 20:25, 30:130] = True
+    res = calibrate_thresholds(model, [img], [truth], candidates=(0.1, 0.2, 0.35, 0.5))
+    assert res["low_threshold"] == {"grain_boundary": 0.2}  # the highest that restores the length
+    errs = res["classes"]["grain_boundary"]["length_error"]
+    assert errs[0.5] == pytest.approx(-0.4, abs=0.05) and abs(errs[0.2]) < 0.05
+    assert thresholds_from_config(model.config, CLASSES) == (0.5, [0.2])

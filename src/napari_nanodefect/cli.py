@@ -187,7 +187,8 @@ def _predict_defects(args: argparse.Namespace) -> int:
     if args.overlap is not None:
         kw["overlap"] = args.overlap
     results, summary = predict_defect_files(args.model, args.images, args.out, pixel_size_nm=args.pixel_size,
-                                            threshold=args.threshold, device=args.device,
+                                            threshold=args.threshold, low_threshold=args.low_threshold,
+                                            device=args.device,
                                             probabilities=args.probabilities, on_image=_progress_bars(args, bars), **kw)
     for b in bars:
         b.close()
@@ -380,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--line-width-nm", type=float, default=None, metavar="NM",
                    help="defects: width lines are drawn at (default: half the annotated particle diameter)")
     s.add_argument("--line-width-px", type=float, default=None, metavar="PX", help="defects: line width in px")
-    s.add_argument("--arch", default="FPN", choices=["FPN", "Unet"], help="defects: network (default FPN)")
+    s.add_argument("--arch", default="Unet", choices=["FPN", "Unet"],
+                   help="defects: network (default Unet: better than FPN on thin and hidden lines, see docs/defects.md)")
     s.add_argument("--encoder", default=None, help="defects/classify: encoder (default resnet18 / resnet10t)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_train)
@@ -394,7 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tile", type=int, default=None, help="tile size in network px (default from the model)")
     s.add_argument("--overlap", type=int, default=None, help="tile overlap in network px")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    s.add_argument("--threshold", type=float, default=0.5, help="defect models: probability threshold (default 0.5)")
+    s.add_argument("--threshold", type=float, default=None,
+                   help="defect models: probability threshold (default: the model's calibrated one, else 0.5)")
+    s.add_argument("--low-threshold", type=float, default=None,
+                   help="defect models: hysteresis low threshold (default: the model's calibrated one, else none)")
     s.add_argument("--probabilities", action="store_true",
                    help="defect models: also write <stem>_defects_prob.tif (probability x255 per class)")
     s.add_argument("--quiet", action="store_true")

@@ -225,7 +225,13 @@ class DefectsWidget(QWidget):
 
     # -- defect segmentation --------------------------------------------------------------
     def segment(self):
-        from ..core.defects.segment import defect_statistics, load_defect_model, predict_defects
+        from ..core.defects.segment import (
+            defect_statistics,
+            load_defect_model,
+            predict_defects_scaled,
+            threshold_masks,
+            thresholds_from_config,
+        )
         from ..core.errors import NanodefectError
 
         im = self._image()
@@ -237,13 +243,16 @@ class DefectsWidget(QWidget):
         except NanodefectError as exc:
             self.seg_label.setText(str(exc))
             return None
-        prob = predict_defects(model, C.plane_of(im))
         ps = C.pixel_size_of(im)
-        table, summary = defect_statistics(prob, model.classes, ps or 1.0)
+        # at the model's training scale when both pixel sizes are known; its calibrated thresholds
+        prob, _ = predict_defects_scaled(model, C.plane_of(im), ps)
+        high, lows = thresholds_from_config(model.config, model.classes)
+        table, summary = defect_statistics(prob, model.classes, ps or 1.0, threshold=high, low_threshold=lows)
+        masks = threshold_masks(prob, high, lows)
         scale, tr, units = tuple(im.scale[-2:]), tuple(im.translate[-2:]), tuple(im.units[-2:])
         for k, cls in enumerate(model.classes):
             name = f"{im.name} {cls}"
-            mask = (prob[k] >= 128).astype(np.uint8) * (k + 1)
+            mask = masks[k].astype(np.uint8) * (k + 1)
             if name in self.viewer.layers:
                 self.viewer.layers[name].data = mask
             else:

@@ -41,6 +41,8 @@ from .segment import (
     load_defect_model,
     predict_defects_scaled,
     save_defect_model,
+    threshold_masks,
+    thresholds_from_config,
     train_defects,
 )
 from .targets import DEFAULT_CLASSES, defect_masks
@@ -117,7 +119,7 @@ def train_defect_files(
     time_budget_s: float | None = 60,
     device: str = "auto",
     base: str | os.PathLike | None = None,
-    arch: str = "FPN",
+    arch: str = "Unet",
     encoder: str = "resnet18",
     seed: int = 0,
     patch: int = 128,
@@ -231,10 +233,12 @@ class DefectPrediction:
 
 
 def predict_defect_image(model: DefectModel, image: str | os.PathLike | Any, *, pixel_size_nm: float | None = None,
-                         threshold: float = 0.5, prune_nm: float | None = None, progress=None,
-                         **kwargs) -> DefectPrediction:
+                         threshold: float | None = None, low_threshold: float | None = None,
+                         prune_nm: float | None = None, progress=None, **kwargs) -> DefectPrediction:
     """Read (if a path) and segment one micrograph; measure the defects inside its valid
-    region (the info bar excluded)."""
+    region (the info bar excluded). ``threshold`` / ``low_threshold`` (hysteresis)
+    default to the values stored in the model (:func:`.segment.calibrate_thresholds`),
+    else 0.5 and none."""
     from ..io import read_image
     from ..micrograph import Micrograph
 
@@ -251,8 +255,13 @@ def predict_defect_image(model: DefectModel, image: str | os.PathLike | Any, *, 
         area = float((vr.y1 - vr.y0) * (vr.x1 - vr.x0))
     else:
         area = None
-    table, summary = defect_statistics(prob, model.classes, ps or 1.0, threshold=threshold, prune_nm=prune_nm,
-                                       valid_area_px=area)
+    high, lows = thresholds_from_config(model.config, model.classes)
+    if threshold is not None:
+        high = float(threshold)
+    if low_threshold is not None:
+        lows = [float(low_threshold)] * len(model.classes)
+    table, summary = defect_statistics(prob, model.classes, ps or 1.0, threshold=high, prune_nm=prune_nm,
+                                       valid_area_px=area, low_threshold=lows)
     summary["pixel_size_nm"] = ps
     summary["length_unit"] = "nm" if ps else "px"
     summary["scale"] = scale
@@ -303,7 +312,8 @@ def predict_defect_files(
     out_dir: str | os.PathLike,
     *,
     pixel_size_nm: float | None = None,
-    threshold: float = 0.5,
+    threshold: float | None = None,
+    low_threshold: float | None = None,
     prune_nm: float | None = None,
     device: str = "auto",
     probabilities: bool = False,
@@ -324,12 +334,14 @@ def predict_defect_files(
     results = []
     for i, path in enumerate(images):
         cb = on_image(path, i, len(images)) if on_image else None
-        r = predict_defect_image(model, path, pixel_size_nm=pixel_size_nm, threshold=threshold, prune_nm=prune_nm,
-                                 progress=cb, **kwargs)
+        r = predict_defect_image(model, path, pixel_size_nm=pixel_size_nm, threshold=threshold,
+                                 low_threshold=low_threshold, prune_nm=prune_nm, progress=cb, **kwargs)
         r.image = path
-        desc = {"classes": list(model.classes), "pixel_size_nm": r.pixel_size_nm, "threshold": threshold,
+        desc = {"classes": list(model.classes), "pixel_size_nm": r.pixel_size_nm,
+                "threshold": r.summary["threshold"], "low_threshold": r.summary["low_threshold"],
                 "model_pixel_size_nm": model.config.get("pixel_size_nm"), "scale": r.scale}
-        masks = np.where(r.probabilities >= threshold * 255.0, np.uint8(255), np.uint8(0))
+        masks = np.where(threshold_masks(r.probabilities, r.summary["threshold"], r.summary["low_threshold"]),
+                         np.uint8(255), np.uint8(0))
         r.tiff = write_channel_tiff(out_dir / f"{path.stem}_defects.tif", masks, {**desc, "content": "masks"},
                                     r.pixel_size_nm)
         if probabilities:

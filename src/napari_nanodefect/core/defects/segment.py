@@ -61,6 +61,9 @@ __all__ = [
     "masked_loss",
     "predict_defects",
     "predict_defects_scaled",
+    "threshold_masks",
+    "thresholds_from_config",
+    "calibrate_thresholds",
     "save_defect_model",
     "train_defects",
 ]
@@ -137,7 +140,7 @@ def _make_module(cfg: dict[str, Any], encoder_weights: str | None) -> torch.nn.M
 
 def build_defect_model(
     classes: Sequence[str],
-    arch: str = "FPN",
+    arch: str = "Unet",
     encoder: str = "resnet18",
     *,
     encoder_depth: int = 5,
@@ -393,7 +396,7 @@ def train_defects(
     should_stop: Callable[[], bool] | None = None,
     model: DefectModel | None = None,
     augment: float = 1.0,
-    arch: str = "FPN",
+    arch: str = "Unet",
     encoder: str = "resnet18",
     pixel_size_nm: float | None = None,
     line_width_px: float | None = None,
@@ -628,11 +631,16 @@ def defect_statistics(
     prune_nm: float | None = None,
     valid_area_px: float | np.ndarray | None = None,
     min_area_px: int = 0,
+    low_threshold: float | Sequence[float | None] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Threshold per-class probabilities and measure them.
 
     ``prob``: ``(C, H, W)`` uint8 (x255, as from :func:`predict_defects`), float in
-    [0, 1], or bool masks. Line/area classes are measured with
+    [0, 1], or bool masks. With ``low_threshold`` (one value, or one per class, None =
+    plain threshold for that class) the masks are hysteresis thresholds: pixels above
+    ``low_threshold`` count when they connect to pixels above ``threshold``, which keeps
+    the faint stretches of a line whose other parts are certain (see
+    :func:`thresholds_from_config` for the values a model was calibrated with). Line/area classes are measured with
     :func:`~napari_nanodefect.core.measure.skeleton.skeleton_table` (one row per defect:
     length, branches, junctions, ...); point classes (``point_classes``) are counted as
     8-connected components (one row each; ``length_nm`` NaN). Components smaller than
@@ -650,12 +658,7 @@ def defect_statistics(
         p = p[None]
     if p.ndim != 3 or p.shape[0] != len(classes):
         raise ValueError(f"expected a ({len(classes)}, H, W) probability stack, got shape {p.shape}")
-    if p.dtype == bool:
-        masks = p.copy()
-    elif p.dtype == np.uint8:
-        masks = p >= threshold * 255.0
-    else:
-        masks = p >= threshold
+    masks = threshold_masks(p, threshold, low_threshold)
     if min_area_px > 0:
         for c in range(len(masks)):
             lab, n = ndi.label(masks[c], structure=np.ones((3, 3), bool))
@@ -704,5 +707,103 @@ def defect_statistics(
     summary["point_counts"] = counts
     summary["point_density_per_um2"] = {k: v / area_um2 for k, v in counts.items()}
     summary["threshold"] = float(threshold)
+    summary["low_threshold"] = _lows(low_threshold, len(classes))
     summary["classes"] = classes
     return table, summary
+
+
+def _lows(low_threshold, n: int) -> list[float | None]:
+    if low_threshold is None:
+        return [None] * n
+    if np.ndim(low_threshold) == 0:
+        return [float(low_threshold)] * n
+    lows = [None if v is None else float(v) for v in low_threshold]
+    if len(lows) != n:
+        raise ValueError(f"give one low threshold per class ({n}), got {len(lows)}")
+    return lows
+
+
+def threshold_masks(prob: np.ndarray, threshold: float = 0.5,
+                    low_threshold: float | Sequence[float | None] | None = None) -> np.ndarray:
+    """Bool ``(C, H, W)`` masks of a probability stack (uint8 x255, float in [0, 1] or
+    bool): ``>= threshold``, or hysteresis between ``low_threshold`` and ``threshold``
+    (8-connected) for the classes that have a low threshold."""
+    p = np.asarray(prob)
+    if p.dtype == bool:
+        return p.copy()
+    scale = 255.0 if p.dtype == np.uint8 else 1.0
+    masks = p >= threshold * scale
+    for c, low in enumerate(_lows(low_threshold, p.shape[0])):
+        if low is None or low >= threshold:
+            continue
+        weak = p[c] >= low * scale
+        lab, n = ndi.label(weak, structure=np.ones((3, 3), bool))
+        if n:
+            keep = np.zeros(n + 1, bool)
+            keep[np.unique(lab[masks[c]])] = True
+            keep[0] = False
+            masks[c] = keep[lab]
+    return masks
+
+
+def thresholds_from_config(config: dict[str, Any], classes: Sequence[str]) -> tuple[float, list[float | None]]:
+    """``(threshold, low thresholds per class)`` stored in a model's config by
+    :func:`calibrate_thresholds` (0.5 and no hysteresis when none were stored)."""
+    t = config.get("thresholds") or {}
+    high = float(t.get("threshold", 0.5))
+    low = t.get("low_threshold") or {}
+    return high, [None if low.get(c) is None else float(low[c]) for c in classes]
+
+
+def calibrate_thresholds(
+    model: DefectModel,
+    images: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    *,
+    threshold: float = 0.5,
+    candidates: Sequence[float] = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5),
+    point_classes: Sequence[str] = ("point_defect",),
+    min_area_px: int = 10,
+) -> dict[str, Any]:
+    """Choose, per line/area class, the hysteresis low threshold whose skeleton length
+    over ``images`` comes closest to that of the true ``masks`` (``(C, H, W)`` bool each),
+    and store it in ``model.config["thresholds"]`` (used by ``nanodefect predict`` and
+    the napari dock). Use annotated images the model was not trained on. Returns the
+    choice with the pooled relative length error of every candidate."""
+    from ..measure.skeleton import skeleton_table
+
+    classes = list(model.classes)
+    if len(images) != len(masks) or not images:
+        raise NanodefectError("give as many true masks as images (and at least one)")
+    probs = [predict_defects(model, im) for im in images]
+    lows: dict[str, float | None] = {}
+    report: dict[str, Any] = {}
+    for c, name in enumerate(classes):
+        if name in set(point_classes):
+            lows[name] = None
+            continue
+        true_len = sum(skeleton_table(np.asarray(m[c])[None], 1.0, class_names=[name])[1]["total_length_nm"]
+                       for m in masks)
+        if true_len <= 0:
+            lows[name] = None
+            continue
+        errors = {}
+        for low in candidates:
+            got = 0.0
+            for p in probs:
+                m = threshold_masks(p[c:c + 1], threshold, [low])[0]
+                if min_area_px:
+                    lab, n = ndi.label(m, structure=np.ones((3, 3), bool))
+                    if n:
+                        sizes = np.bincount(lab.ravel())
+                        keep = sizes >= min_area_px
+                        keep[0] = False
+                        m = keep[lab]
+                got += skeleton_table(m[None], 1.0, class_names=[name])[1]["total_length_nm"]
+            errors[float(low)] = got / true_len - 1
+        best = min(errors, key=lambda k: (abs(errors[k]), -k))
+        lows[name] = None if best >= threshold else best
+        report[name] = {"chosen_low_threshold": lows[name], "length_error": errors}
+    model.config["thresholds"] = {"threshold": float(threshold), "low_threshold": lows,
+                                  "calibrated_on_images": len(images)}
+    return {"low_threshold": lows, "threshold": float(threshold), "classes": report}
