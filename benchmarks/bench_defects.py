@@ -39,22 +39,12 @@ from napari_nanodefect.core.defects.segment import (
     thresholds_from_config,
     train_defects,
 )
-from napari_nanodefect.core.defects.simulate import ordering_sample, random_defects
+from napari_nanodefect.core.defects.simulate import length_inside, ordering_sample, random_defects
 
 CLASSES = ["grain_boundary"]
 
 
-def inside_length(lines, shape) -> float:
-    H, W = shape
-    total = 0.0
-    for v in lines:
-        v = np.asarray(v, float)
-        for a, d in zip(v[:-1], np.diff(v, axis=0)):
-            t = (np.arange(400) + 0.5) / 400
-            mid = a + t[:, None] * d
-            ok = (mid[:, 0] >= -0.5) & (mid[:, 0] <= H - 0.5) & (mid[:, 1] >= -0.5) & (mid[:, 1] <= W - 0.5)
-            total += ok.sum() * float(np.hypot(*d)) / 400
-    return total
+inside_length = length_inside
 
 
 def sample(seed: int, size: int):

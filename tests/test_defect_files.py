@@ -26,24 +26,14 @@ from napari_nanodefect.core.defects.files import (
     train_defect_files,
 )
 from napari_nanodefect.core.defects.segment import build_defect_model, load_defect_model, save_defect_model
-from napari_nanodefect.core.defects.simulate import ordering_sample, random_defects
+from napari_nanodefect.core.defects.simulate import length_inside, ordering_sample, random_defects
 from napari_nanodefect.core.errors import NanodefectError
 from napari_nanodefect.core.measure.skeleton import measure_skeleton_file
 
 PS_TRAIN = 2.0  # nm/px of the training images
 
 
-def _inside_length(lines, shape) -> float:
-    H, W = shape
-    total = 0.0
-    for v in lines:
-        v = np.asarray(v, float)
-        for a, d in zip(v[:-1], np.diff(v, axis=0)):
-            t = (np.arange(400) + 0.5) / 400
-            mid = a + t[:, None] * d
-            ok = (mid[:, 0] >= -0.5) & (mid[:, 0] <= H - 0.5) & (mid[:, 1] >= -0.5) & (mid[:, 1] <= W - 0.5)
-            total += ok.sum() * float(np.hypot(*d)) / 400
-    return total
+_inside_length = length_inside
 
 
 def _scene(seed: int, shape=(224, 224), width: float = 4):

@@ -20,25 +20,14 @@ from napari_nanodefect.core.defects.segment import (
     save_defect_model,
     train_defects,
 )
-from napari_nanodefect.core.defects.simulate import random_defects
+from napari_nanodefect.core.defects.simulate import length_inside, random_defects
 from napari_nanodefect.core.errors import NanodefectError
 from napari_nanodefect.core.segment.model import default_model_dir
 
 CLASSES = ["grain_boundary"]
 
 
-def _inside_length(lines, shape) -> float:
-    """Length of the polylines inside the image (pixel centres span [-0.5, n - 0.5])."""
-    H, W = shape
-    total = 0.0
-    for v in lines:
-        v = np.asarray(v, float)
-        for a, d in zip(v[:-1], np.diff(v, axis=0)):
-            t = (np.arange(400) + 0.5) / 400
-            mid = a + t[:, None] * d
-            ok = (mid[:, 0] >= -0.5) & (mid[:, 0] <= H - 0.5) & (mid[:, 1] >= -0.5) & (mid[:, 1] <= W - 0.5)
-            total += ok.sum() * float(np.hypot(*d)) / 400
-    return total
+_inside_length = length_inside
 
 
 def _visible_lines(seed: int, shape=(224, 224), n_lines: int = 3, width: float = 4):
@@ -272,3 +261,9 @@ def test_calibrate_thresholds_picks_the_low_threshold_that_restores_length(tmp_p
     errs = res["classes"]["grain_boundary"]["length_error"]
     assert errs[0.5] == pytest.approx(-0.4, abs=0.05) and abs(errs[0.2]) < 0.05
     assert thresholds_from_config(model.config, CLASSES) == (0.5, [0.2])
+
+
+def test_length_inside_clips_lines_to_the_image():
+    line = np.array([[10.0, -50.0], [10.0, 150.0]])  # (row, col), crosses a 100-px-wide image
+    assert length_inside([line], (40, 100)) == pytest.approx(100.0, abs=0.6)
+    assert length_inside([line + [100, 0]], (40, 100)) == 0.0
