@@ -336,6 +336,56 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_classify_train(args: argparse.Namespace) -> int:
+    from .core.objects.classifier import save_object_classifier
+    from .core.objects.files import collect_labelled_objects, format_cv, train_from_objects
+
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    objs = collect_labelled_objects(args.sources, classes=classes, size=args.crop_size, pad=args.pad,
+                                    image=args.image, images=args.images, default_class=args.ignore_class)
+    for path, why in objs.skipped:
+        print(f"skipped {path}: {why}", file=sys.stderr)
+    counts = ", ".join(f"{c} {n}" for c, n in objs.counts().items())
+    kind = "patches" if objs.masks is None else "objects with their shapes"
+    print(f"{len(objs.targets)} {kind} from {len(set(objs.groups))} image(s): {counts}")
+    kw = {"feature_set": args.features} if args.engine == "rf" else {"epochs": args.epochs}
+    model, res = train_from_objects(objs, engine=args.engine, cv=args.cv, grouped=args.grouped, pad=args.pad,
+                                    seed=args.seed, **kw)
+    if res is not None:
+        print(format_cv(res))
+    path = save_object_classifier(model, args.out)
+    print(f"saved {path}: {args.engine} object classifier, classes {model.classes}")
+    return 0
+
+
+def cmd_classify_apply(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .core.objects.files import classify_files, classify_patches
+
+    if args.patches:
+        from .core.atomic import atomic_write_text
+
+        table = classify_patches(args.model, args.inputs)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "patch_classes.csv", table.to_csv(index=False))
+        for c, n in table["class"].value_counts().sort_index().items():
+            print(f"{c}: {n}")
+        print(f"table: {out / 'patch_classes.csv'}")
+        return 0
+    res = classify_files(args.model, args.inputs, args.out, image=args.image, images=args.images,
+                         pixel_size_nm=args.pixel_size)
+    summ = res["summary"]
+    for _, r in summ.iterrows():
+        d50 = f", d50 {r['d50_nm']:.2f} nm" if r["d50_nm"] is not None and r["d50_nm"] == r["d50_nm"] else ""
+        print(f"{r['image']}: {r['class']} {int(r['count'])}{d50}")
+    print(f"summary: {res['summary_csv']}")
+    if res["histogram"] is not None:
+        print(f"histogram: {res['histogram']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nanodefect",
@@ -414,6 +464,42 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the statistics as JSON")
     s.add_argument("--curves", action="store_true", help="with --json: include L(r)-r and its envelope")
     s.set_defaults(func=cmd_order)
+
+    s = sub.add_parser("classify", help="per-object classes: train a classifier on labelled objects or patches, "
+                                        "apply it to the objects of label images")
+    csub = s.add_subparsers(dest="classify_command", required=True, metavar="ACTION")
+    c = csub.add_parser("train", help="cross-validate, then train on all objects and save the classifier")
+    c.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="LabelMe/COCO files (object label = class), label TIFFs with classes, or patch folders "
+                        "(class sub-folders, or the class in the file name: SF1_3.tif)")
+    c.add_argument("--out", required=True, metavar="MODEL_DIR")
+    c.add_argument("--engine", default="rf", choices=["rf", "cnn"],
+                   help="rf: random forest on FFT-radial + intensity + shape features (default); cnn: small CNN on crops")
+    c.add_argument("--features", default="extended", choices=["extended", "groschner"],
+                   help="rf features: extended (default) or Groschner et al.'s five")
+    c.add_argument("--epochs", type=int, default=40, help="cnn: training epochs (default 40)")
+    c.add_argument("--cv", type=int, default=5, metavar="K", help="cross-validation folds before training (0: none)")
+    c.add_argument("--grouped", action="store_true", help="keep each image's objects in one fold")
+    c.add_argument("--classes", default=None, metavar="A,B,...", help="class names in order (default: all found)")
+    c.add_argument("--ignore-class", default=None, metavar="NAME",
+                   help="leave out objects of this class (e.g. the unclassified 'particle')")
+    c.add_argument("--crop-size", type=int, default=None, metavar="PX",
+                   help="crop side in px (default 48; square patches of one size keep theirs)")
+    c.add_argument("--pad", type=float, default=1.25, help="crop side / object size (default 1.25)")
+    c.add_argument("--image", default=None, metavar="IMG", help="the micrograph of a single label TIFF")
+    c.add_argument("--images", default=None, metavar="DIR", help="folder of the images a COCO file refers to")
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(func=cmd_classify_train)
+    c = csub.add_parser("apply", help="classify every object of label TIFFs / annotations (or patches)")
+    c.add_argument("model", metavar="MODEL_DIR")
+    c.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="label TIFFs (from predict), LabelMe or COCO files; with --patches: patch files or folders")
+    c.add_argument("--out", required=True, metavar="DIR")
+    c.add_argument("--image", default=None, metavar="IMG", help="the micrograph of a single label TIFF")
+    c.add_argument("--images", default=None, metavar="DIR", help="folder of the images a COCO file refers to")
+    c.add_argument("--pixel-size", type=float, default=None, metavar="NM")
+    c.add_argument("--patches", action="store_true", help="the inputs are patch images, one object each")
+    c.set_defaults(func=cmd_classify_apply)
 
     s = sub.add_parser("measure", help="particle table in nm, population summary and size histogram")
     s.add_argument("input", metavar="LABELS.tif|ANN.json", help="instance label TIFF, LabelMe JSON or COCO JSON")

@@ -231,6 +231,9 @@ def cross_validate(
     if k < 2:
         raise NanodefectError("cross-validation needs at least two objects of every class")
     if groups is not None:
+        k = min(k, len(set(map(str, groups))))
+        if k < 2:
+            raise NanodefectError("grouped cross-validation needs objects from at least two images")
         splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
         splits = splitter.split(crops, targets, groups)
     else:
