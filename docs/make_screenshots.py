@@ -1,6 +1,6 @@
 """Regenerate the screenshots in docs/images (run under a display or xvfb-run).
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py
+    xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py [--only-classify]
 
 Runs the whole loop of the tutorial (docs/tutorial.md) on a synthetic HAADF image and
 takes one screenshot per dock with ``viewer.screenshot``. Uses the synthetic samples only:
@@ -35,7 +35,53 @@ def wait(app, cond, timeout: float) -> None:
         time.sleep(0.02)
 
 
+def fringed_field(seed: int = 3, n_side: int = 7, pitch: int = 44):
+    """Round particles on a jittered grid, about a third with lattice fringes (period 3 px)."""
+    rng = np.random.default_rng(seed)
+    H = W = n_side * pitch
+    img = np.full((H, W), 0.15) + rng.normal(0, 0.03, (H, W))
+    lab = np.zeros((H, W), np.int32)
+    yy, xx = np.mgrid[:H, :W]
+    classes = {}
+    for k in range(1, n_side * n_side + 1):
+        i, j = divmod(k - 1, n_side)
+        cy, cx = i * pitch + pitch / 2 + rng.uniform(-4, 4), j * pitch + pitch / 2 + rng.uniform(-4, 4)
+        disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= rng.uniform(9, 16) ** 2
+        lab[disk] = k
+        img[disk] += rng.uniform(0.4, 0.6)
+        if rng.random() < 0.35:
+            a = rng.uniform(0, np.pi)
+            img[disk] += 0.2 * np.sin(2 * np.pi * (xx[disk] * np.cos(a) + yy[disk] * np.sin(a)) / 3.0)
+            classes[k] = "fringed"
+        else:
+            classes[k] = "plain"
+    return np.clip(img * 255, 0, 255).astype(np.uint8), lab, classes
+
+
+def classify_screenshot(viewer, app, shot) -> None:
+    from napari_nanodefect.widgets.classify import ClassifyWidget
+
+    img, lab, truth = fringed_field()
+    viewer.add_image(img, name="fringes", scale=(0.2, 0.2), units=("nm", "nm"),
+                     metadata={"nanodefect": {"pixel_size_nm": 0.2}})
+    viewer.add_labels(lab, name="fringes predictions", scale=(0.2, 0.2), units=("nm", "nm"))
+    viewer.reset_view()
+    cw = ClassifyWidget(viewer)
+    # a user clicks a few of each kind: 6 fringed, 8 plain
+    for name, n in (("fringed", 6), ("plain", 8)):
+        for k in [k for k in sorted(truth) if truth[k] == name][:n]:
+            cw.assign(k, name)
+    cw.train()
+    wait(app, lambda: not cw.busy, 120)
+    cw.apply()
+    wait(app, lambda: not cw.busy, 120)
+    cw.click_mode.setChecked(True)
+    shot("classify.png", cw, "Classify objects")
+
+
 def main() -> None:
+    import sys
+
     import napari
     from scipy import ndimage
 
@@ -63,6 +109,11 @@ def main() -> None:
             time.sleep(0.05)
         save_small(viewer.screenshot(canvas_only=False, flash=False), OUT / name)
         viewer.window.remove_dock_widget(dw)
+
+    if "--only-classify" in sys.argv:
+        classify_screenshot(viewer, app, shot)
+        viewer.close()
+        return
 
     # calibration on a bright-field image (kept from the first tutorial)
     s_bf = make_particles(shape=(512, 640), mode="bf", seed=3)
@@ -116,6 +167,8 @@ def main() -> None:
     ew = ExportWidget(viewer)
     ew.export(work / "export")
     shot("export.png", ew, "Export")
+    viewer.layers.clear()
+    classify_screenshot(viewer, app, shot)
     viewer.close()
 
 

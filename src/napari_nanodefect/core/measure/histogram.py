@@ -28,10 +28,11 @@ def histogram_bins(values: np.ndarray, bins: int | str = "auto") -> np.ndarray:
 
 
 def plot_histogram(table: pd.DataFrame, summary: dict[str, Any], bins: int | str = "auto", ax: Any = None,
-                   title: str | None = None) -> Any:
+                   title: str | None = None, colors: dict[str, str] | None = None) -> Any:
     """Draw the ECD histogram of the particles used by ``summary`` (interior particles
-    under an edge correction) on ``ax`` (a new figure when None), one colour per class,
-    with each class's fitted log-normal density scaled to counts. Returns the figure."""
+    under an edge correction) on ``ax`` (a new figure when None), one colour per class
+    (``colors``: class -> colour, e.g. the napari layer's; else a fixed palette), with
+    each class's fitted log-normal density scaled to counts. Returns the figure."""
     from matplotlib.figure import Figure
 
     if ax is None:
@@ -49,11 +50,12 @@ def plot_histogram(table: pd.DataFrame, summary: dict[str, Any], bins: int | str
     edges = histogram_bins(values, bins)
     classes = sorted(set(t["class"].astype(str))) if len(t) else []
     per_class = summary.get("per_class", {})
-    colours = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+    colours = [(colors or {}).get(c, palette[i % len(palette)]) for i, c in enumerate(classes)]
     data = [t.loc[t["class"].astype(str) == c, col].to_numpy(np.float64) for c in classes]
     labels = [f"{c} (n = {len(d)})" for c, d in zip(classes, data)]
     if data:
-        ax.hist(data, bins=edges, stacked=len(data) > 1, color=colours[: len(data)] if len(data) <= len(colours) else None,
+        ax.hist(data, bins=edges, stacked=len(data) > 1, color=colours,
                 label=labels, alpha=0.85, edgecolor="white", linewidth=0.5)
     xs = np.linspace(max(edges[0], 1e-9), edges[-1], 400)
     width = float(edges[1] - edges[0]) if edges.size > 1 else 1.0
