@@ -117,7 +117,10 @@ def test_cnn_engine_learns_fringes_with_class_balancing(tmp_path, fringe_set):
     test = np.concatenate([_particles(10, "plain", rng), _particles(10, "fringed", rng)])
     truth = np.array([0] * 10 + [1] * 10)
     model = train_object_classifier(crops, targets, classes, engine="cnn", epochs=60, seed=0)
-    pred = np.argmax(model.predict_proba(test), 1)
+    proba = model.predict_proba(test)
+    # the batched prediction equals the classifier's own, crop by crop
+    assert np.allclose(proba, np.stack([model.cnn.predict_proba(c) for c in test]), atol=1e-5)
+    pred = np.argmax(proba, 1)
     assert balanced_accuracy(truth, pred, 2) >= 0.85
     save_object_classifier(model, tmp_path / "cnn")
     again = load_object_classifier(tmp_path / "cnn")

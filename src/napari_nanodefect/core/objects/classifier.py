@@ -136,11 +136,30 @@ class ObjectClassifier:
             if use_shape and masks is None:
                 raise NanodefectError("this classifier uses object shapes: give the masks")
             return self.forest.predict_proba(X)
-        return np.stack([self.cnn.predict_proba(c) for c in crops])
+        return _cnn_proba(self.cnn, crops)
 
     def predict(self, crops: np.ndarray, masks: np.ndarray | None = None) -> list[str]:
         p = self.predict_proba(crops, masks)
         return [self.classes[i] for i in np.argmax(p, axis=1)]
+
+
+def _cnn_proba(clf, crops: np.ndarray, batch: int = 128) -> np.ndarray:
+    """Softmax of the CNN on each crop (each prepared as the classifier prepares a patch),
+    in batches; equal to ``clf.predict_proba(crop)`` per crop when crops are patch-sized."""
+    import torch
+
+    from ..defects.classify import _pad_to, _prepare
+
+    p = int(clf.patch)
+    x = np.stack([_pad_to(_prepare(c), p)[:p, :p] for c in crops])[:, None].astype(np.float32)
+    dev = next(clf.module.parameters()).device
+    clf.module.eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(x), batch):
+            t = torch.from_numpy(np.ascontiguousarray(x[i:i + batch])).to(dev)
+            out.append(torch.softmax(clf.module(t).float(), dim=1).cpu().numpy())
+    return np.concatenate(out).astype(np.float64)
 
 
 def _check(crops, targets, classes):
