@@ -386,6 +386,51 @@ def cmd_classify_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .core.batch import run_batch
+
+    kwargs: dict = {}
+    if args.pixel_size is not None:
+        kwargs["pixel_size_nm"] = args.pixel_size
+    if args.scale != "auto":
+        kwargs["scale"] = float(args.scale)
+    bar = None
+
+    def progress(info: dict) -> None:
+        nonlocal bar
+        if args.quiet:
+            return
+        if bar is None:
+            bar = tqdm(total=info["total"], desc="images", unit="img", dynamic_ncols=True)
+        bar.update(1)
+        if info["status"] != "ok":
+            tqdm.write(f"failed: {info['key']}: {info.get('error')}")
+
+    try:
+        res = run_batch(None if args.model in ("starter", "default") else args.model, args.inputs, args.out,
+                        scheduler=args.scheduler, workers=args.workers, threads_per_worker=args.threads,
+                        groups=args.groups, device=args.device, retry_failed=not args.no_retry,
+                        predict_kwargs=kwargs, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"{len(res.done)} images predicted, {len(res.skipped)} already done (skipped), {len(res.failed)} failed "
+          f"in {res.seconds:.1f} s" + (f" ({res.throughput:.2f} images/s)" if res.done else ""))
+    for key in res.failed:
+        e = res.manifest["images"][key]
+        print(f"  failed: {key}: {e.get('error')}")
+    g = res.groups
+    if g is not None and len(g):
+        for _, r in g[g["class"] == "all"].iterrows():
+            unit = "nm" if r["size_column"] == "ecd_nm" else "px"
+            d50 = f"d50 {r['d50']:.3g} {unit}" if r["d50"] == r["d50"] and r["d50"] is not None else "d50 n/a"
+            print(f"  {r['group']}: {int(r['n_images'])} images, {int(r['count'])} objects, {d50}")
+    print(f"per-group statistics: {res.out / 'groups.csv'}; manifest: {res.out / 'manifest.json'}")
+    return 1 if res.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nanodefect",
@@ -454,6 +499,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="defect models: also write <stem>_defects_prob.tif (probability x255 per class)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("batch", help="predict whole folders: resumable (manifest), grouped statistics, "
+                                     "local processes or a dask cluster")
+    s.add_argument("model", metavar="MODEL_DIR", help="a particle model folder, or 'starter'")
+    s.add_argument("inputs", nargs="+", metavar="FOLDER_OR_GLOB", help="folders (searched recursively), globs, files")
+    s.add_argument("--out", required=True, metavar="DIR")
+    s.add_argument("--scheduler", default="local",
+                   help="local (processes on this machine, default) or a dask scheduler address tcp://host:8786")
+    s.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    s.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: cores / workers)")
+    s.add_argument("--groups", default=None, metavar="CSV",
+                   help="CSV with columns image,group (or sample); default: group = sub-folder")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--pixel-size", type=float, default=None, metavar="NM", help="pixel size of all images (nm)")
+    s.add_argument("--scale", default="auto", help="network px per image px, or auto (default)")
+    s.add_argument("--no-retry", action="store_true", help="do not retry images that failed in an earlier run")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_batch)
 
     s = sub.add_parser("order", help="particle ordering vs complete spatial randomness (Clark-Evans, Ripley's L)")
     s.add_argument("input", metavar="LABELS.tif|ANN.json", help="instance label TIFF, LabelMe JSON or COCO JSON")

@@ -37,13 +37,15 @@ def prediction_to_set(pred: Prediction, image_path: str | None = None) -> Annota
     return aset
 
 
-def write_prediction(pred: Prediction, image_path: str | os.PathLike, out_dir: str | os.PathLike) -> PredictionFiles:
-    """``<stem>_labels.tif`` (instances, same size as the analysed plane) and ``<stem>.json``
-    (LabelMe polygons with classes; ``imagePath`` relative to the JSON)."""
+def write_prediction(pred: Prediction, image_path: str | os.PathLike, out_dir: str | os.PathLike,
+                     stem: str | None = None) -> PredictionFiles:
+    """``<stem>_labels.tif`` (instances, same size as the analysed plane), ``<stem>.json``
+    (LabelMe polygons with classes; ``imagePath`` relative to the JSON) and
+    ``<stem>_particles.csv``; ``stem`` defaults to the image's."""
     image_path = Path(image_path)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = image_path.stem
+    stem = stem or image_path.stem
     m = pred.micrograph
     ps = m.pixel_size_nm if m else None
     labels_path = write_label_tiff(out_dir / f"{stem}_labels.tif", pred.labels, classes=pred.classes,
