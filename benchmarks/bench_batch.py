@@ -11,6 +11,8 @@
    must skip exactly the finished ones, do the rest, and give label images identical to
    an uninterrupted run's (checked on every image).
 
+Run it on an otherwise idle machine: torch threads are set to cores / workers, and any other
+busy process oversubscribes them (2 threads on a busy 2-core machine ran 3-7x slower).
 The images are synthetic HAADF fields (``make_particles``) with the shipped starter model.
 """
 
@@ -40,14 +42,14 @@ def make_images(root: Path, n: int, size: int, groups: int = 4) -> None:
         write_tiff(d / f"field{i:04d}.tif", s.image, pixel_size_nm=s.pixel_size_nm)
 
 
-def throughput(src: Path, work: Path, workers: int, scheduler="local") -> tuple[float, float]:
+def throughput(src: Path, work: Path, workers: int, scheduler="local", threads=None) -> tuple[float, float]:
     """(images/s over the whole run, images/s once running: from the first finished image
     to the last, so worker start-up and model loading are left out)."""
     from napari_nanodefect.core.batch import run_batch
 
     out = work / f"tp_{workers}_{'local' if scheduler == 'local' else 'dask'}"
     stamps: list[float] = []
-    res = run_batch(None, [src], out, workers=workers, scheduler=scheduler, histograms=False,
+    res = run_batch(None, [src], out, workers=workers, scheduler=scheduler, histograms=False, threads_per_worker=threads,
                     progress=lambda info: stamps.append(time.perf_counter()))
     assert len(res.done) and not res.failed, res.failed
     # with w workers the first w images finish about together: steady state from the w-th
@@ -83,7 +85,7 @@ def main(argv=None) -> int:
             from distributed import LocalCluster
 
             with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl:
-                td, sd = throughput(tp_src, work, 2, scheduler=cl.scheduler_address)
+                td, sd = throughput(tp_src, work, 2, scheduler=cl.scheduler_address, threads=1)
             out.update(images_per_s_dask_2_workers=td, steady_images_per_s_dask_2_workers=sd)
             print(f"  dask LocalCluster, 2 workers: {td:.2f} images/s whole run, {sd:.2f} once started "
                   f"(ratio to 2 local workers once started {sd / s2:.2f})")

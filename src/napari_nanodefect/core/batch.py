@@ -195,12 +195,30 @@ def _model_in_worker(model_dir: str | None, device: str, threads: int | None):
     if key not in _MODELS:
         import torch
 
+        if not threads:
+            threads = _dask_worker_threads()
         if threads:
+            # never more torch threads than cores per concurrent task: oversubscribed
+            # OpenMP threads spin against each other (2 threads on a busy 2-core machine
+            # ran 3-7x slower than 1)
             torch.set_num_threads(int(threads))
         from .segment.model import load_model
 
         _MODELS[key] = load_model(model_dir, device=device)
     return _MODELS[key]
+
+
+def _dask_worker_threads() -> int | None:
+    """Cores per task slot when running inside a dask worker (cores / worker threads)."""
+    try:
+        from distributed import get_worker
+
+        w = get_worker()
+    except (ImportError, ValueError):
+        return None
+    n = getattr(getattr(w, "state", None), "nthreads", None) or getattr(w, "nthreads", None) or 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // int(n))
 
 
 def _jsonable(x: Any) -> Any:
