@@ -118,6 +118,14 @@ def test_rerun_skips_done_redoes_changed_and_retries_failed(batch_dir):
     assert man["images"]["A/img1"]["count"] == read_label_tiff(out / "A" / "img1_labels.tif").labels.max()
 
 
+def _is_worker(pid: str) -> bool:
+    try:
+        return "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs /proc to see the worker processes")
 def test_killed_batch_resumes_to_the_same_result(tmp_path):
     _make_images(tmp_path / "in", {"S": 8}, size=160)
     out = tmp_path / "out"
@@ -136,8 +144,21 @@ def test_killed_batch_resumes_to_the_same_result(tmp_path):
         if n_ok >= 3 or proc.poll() is not None:
             break
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the whole process group, workers included
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    os.kill(proc.pid, signal.SIGKILL)  # only the batch process: its workers must follow it
     proc.wait()
+    try:
+        deadline = time.time() + 10
+        alive = workers
+        while alive and time.time() < deadline:
+            time.sleep(0.1)
+            alive = [w for w in workers if _is_worker(w)]
+        assert not alive, "worker processes outlived the killed batch"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     first = json.loads(man.read_text())["images"]
     done_before = sorted(k for k, e in first.items() if e["status"] == "ok")
     assert 3 <= len(done_before) < 8, "the kill should land halfway"

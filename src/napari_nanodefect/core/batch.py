@@ -306,7 +306,11 @@ def _executor(scheduler: Any, workers: int, threads: int | None):
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        ex = ProcessPoolExecutor(max_workers=max(1, int(workers)), mp_context=mp.get_context("spawn"))
+        from .segment.jobs import _watch_parent
+
+        # workers exit when the batch process dies (a SIGKILL of it leaves no orphans)
+        ex = ProcessPoolExecutor(max_workers=max(1, int(workers)), mp_context=mp.get_context("spawn"),
+                                 initializer=_watch_parent)
 
         def shutdown(cancel: bool) -> None:
             ex.shutdown(wait=not cancel, cancel_futures=cancel)
