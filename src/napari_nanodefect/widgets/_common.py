@@ -70,6 +70,54 @@ def state_for(viewer) -> PluginState:
     return st
 
 
+#: a press and release closer than this (screen px) is a click, not a drag
+CLICK_TOLERANCE_PX = 4
+
+
+def press_is_click(event, tolerance_px: float = CLICK_TOLERANCE_PX):
+    """For a viewer drag callback: ``clicked = yield from press_is_click(event)`` follows
+    the press through its moves to the release and returns True when the mouse stayed
+    within ``tolerance_px`` (a click), False for a drag (pan)."""
+    start = np.asarray(event.pos, float)
+    yield
+    moved = False
+    while event.type == "mouse_move":
+        moved = moved or np.hypot(*(np.asarray(event.pos, float) - start)) > tolerance_px
+        yield
+    return not moved
+
+
+def fill_combo(box, names: list[str]) -> None:
+    """Replace a combo box's items, keeping the current one when it is still there."""
+    cur = box.currentText()
+    box.blockSignals(True)
+    box.clear()
+    box.addItems(names)
+    if cur in names:
+        box.setCurrentText(cur)
+    box.blockSignals(False)
+
+
+def folder_row(placeholder: str):
+    """A line edit with a "…" button that picks a folder: ``(edit, layout)``."""
+    from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLineEdit, QPushButton
+
+    edit = QLineEdit()
+    edit.setPlaceholderText(placeholder)
+    btn = QPushButton("…")
+    row = QHBoxLayout()
+    row.addWidget(edit, 1)
+    row.addWidget(btn)
+
+    def browse():  # pragma: no cover - file dialog
+        d = QFileDialog.getExistingDirectory(None, placeholder)
+        if d:
+            edit.setText(d)
+
+    btn.clicked.connect(browse)
+    return edit, row
+
+
 # ----------------------------------------------------------------------------- layers
 
 def image_layers(viewer) -> list:

@@ -17,7 +17,6 @@ from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtGui import QPixmap
 from qtpy.QtWidgets import (
     QComboBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -32,23 +31,6 @@ from . import _common as C
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
-
-
-def _row(placeholder: str, files: bool = False):
-    edit = QLineEdit()
-    edit.setPlaceholderText(placeholder)
-    btn = QPushButton("…")
-    row = QHBoxLayout()
-    row.addWidget(edit, 1)
-    row.addWidget(btn)
-
-    def browse():  # pragma: no cover - file dialog
-        d = QFileDialog.getExistingDirectory(None, placeholder)
-        if d:
-            edit.setText(d)
-
-    btn.clicked.connect(browse)
-    return edit, row
 
 
 class _Relay(QObject):
@@ -68,9 +50,9 @@ class BatchWidget(QWidget):
         self.progress_log: list[dict[str, Any]] = []
         self._relay = _Relay()
 
-        self.input_edit, in_row = _row("folder of images (sub-folders = groups)")
-        self.model_edit, model_row = _row("model folder (empty: the model in use, else the starter)")
-        self.out_edit, out_row = _row("output folder")
+        self.input_edit, in_row = C.folder_row("folder of images (sub-folders = groups)")
+        self.model_edit, model_row = C.folder_row("model folder (empty: the model in use, else the starter)")
+        self.out_edit, out_row = C.folder_row("output folder")
         self.groups_edit = QLineEdit()
         self.groups_edit.setPlaceholderText("optional CSV image,group")
         self.workers = QSpinBox()

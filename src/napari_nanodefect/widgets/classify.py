@@ -46,7 +46,6 @@ from . import _common as C
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
-CLICK_TOLERANCE_PX = 4
 ENGINES = {"random forest (FFT + intensity + shape)": "rf", "CNN on object crops": "cnn"}
 
 
@@ -203,15 +202,8 @@ class ClassifyWidget(QWidget):
         return self._worker is not None
 
     def refresh(self) -> None:
-        for box, names in ((self.image_box, [ly.name for ly in C.image_layers(self.viewer)]),
-                           (self.labels_box, [ly.name for ly in C.labels_layers(self.viewer)])):
-            cur = box.currentText()
-            box.blockSignals(True)
-            box.clear()
-            box.addItems(names)
-            if cur in names:
-                box.setCurrentText(cur)
-            box.blockSignals(False)
+        C.fill_combo(self.image_box, [ly.name for ly in C.image_layers(self.viewer)])
+        C.fill_combo(self.labels_box, [ly.name for ly in C.labels_layers(self.viewer)])
         lab = self.labels_layer()
         if lab is not None:
             im = C.image_for(self.viewer, lab)
@@ -350,13 +342,7 @@ class ClassifyWidget(QWidget):
         lab = self.labels_layer()
         if lab is None or lab.mode != "pan_zoom":
             return
-        start = np.asarray(event.pos, float)
-        yield
-        moved = False
-        while event.type == "mouse_move":
-            moved = moved or np.hypot(*(np.asarray(event.pos, float) - start)) > CLICK_TOLERANCE_PX
-            yield
-        if not moved:
+        if (yield from C.press_is_click(event)):
             self.click(lab.world_to_data(event.position)[-2:], clear="Shift" in event.modifiers)
 
     def click(self, rc, clear: bool = False) -> int | None:

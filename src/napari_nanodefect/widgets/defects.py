@@ -20,12 +20,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from qtpy.QtWidgets import (
     QComboBox,
-    QFileDialog,
     QFormLayout,
     QGroupBox,
-    QHBoxLayout,
     QLabel,
-    QLineEdit,
     QPushButton,
     QVBoxLayout,
     QWidget,
@@ -37,21 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import napari
 
 
-def _folder_row(placeholder: str):
-    edit = QLineEdit()
-    edit.setPlaceholderText(placeholder)
-    btn = QPushButton("…")
-    row = QHBoxLayout()
-    row.addWidget(edit, 1)
-    row.addWidget(btn)
-
-    def browse():  # pragma: no cover - file dialog
-        d = QFileDialog.getExistingDirectory(None, placeholder)
-        if d:
-            edit.setText(d)
-
-    btn.clicked.connect(browse)
-    return edit, row
+_folder_row = C.folder_row
 
 
 class DefectsWidget(QWidget):
@@ -114,15 +97,8 @@ class DefectsWidget(QWidget):
         self.refresh()
 
     def refresh(self) -> None:
-        for box, names in ((self.image_box, [ly.name for ly in C.image_layers(self.viewer)]),
-                           (self.labels_box, [ly.name for ly in C.labels_layers(self.viewer)])):
-            cur = box.currentText()
-            box.blockSignals(True)
-            box.clear()
-            box.addItems(names)
-            if cur in names:
-                box.setCurrentText(cur)
-            box.blockSignals(False)
+        C.fill_combo(self.image_box, [ly.name for ly in C.image_layers(self.viewer)])
+        C.fill_combo(self.labels_box, [ly.name for ly in C.labels_layers(self.viewer)])
 
     def _image(self):
         return C.find_layer(self.viewer, self.image_box.currentText())

@@ -46,7 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import napari
 
 #: a press and release closer than this (screen px) is a click, not a drag
-CLICK_TOLERANCE_PX = 4
+CLICK_TOLERANCE_PX = C.CLICK_TOLERANCE_PX
 AUTOSAVE_DELAY_MS = 1000
 #: particles are re-counted at once after each edit up to this image size, else on autosave
 COUNT_NOW_MAX_PIXELS = 2048 * 2048
@@ -302,13 +302,7 @@ class LabelWidget(QWidget):
         lab = self.particles()
         if lab is None or lab.mode != "pan_zoom":
             return  # the user is painting or drawing: leave the event to napari
-        start = np.asarray(event.pos, float)
-        yield
-        moved = False
-        while event.type == "mouse_move":
-            moved = moved or np.hypot(*(np.asarray(event.pos, float) - start)) > CLICK_TOLERANCE_PX
-            yield
-        if moved:
+        if not (yield from C.press_is_click(event, CLICK_TOLERANCE_PX)):
             return
         data = lab.world_to_data(event.position)
         self.click(data[-2:], remove="Shift" in event.modifiers)
