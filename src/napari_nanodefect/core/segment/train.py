@@ -26,7 +26,7 @@ from ... import __version__
 from ..annotations import AnnotationSet, load_annotations
 from ..errors import NanodefectError
 from .config import ModelConfig
-from .data import PatchSampler, Region, build_regions, median_diameter_px
+from .data import PatchSampler, Region, build_regions
 from .instances import extract_instances
 from .model import LoadedModel, adapt_state, build_model, default_model_dir, load_model, resolve_device, save_model
 
@@ -118,9 +118,25 @@ def _class_names(items: Sequence[TrainingImage], classes: Sequence[str] | None) 
     return names
 
 
+def _typical_diameter_px(aset: AnnotationSet) -> float | None:
+    """Median object diameter (px); with several classes, the geometric mean of the
+    per-class medians. One median over all objects jumps between classes of very
+    different size (particles ~20 px, single atoms ~3 px) with whichever is more
+    numerous in the crops, and then puts the other class far outside the network's range."""
+    by_class: dict[str, list[float]] = {}
+    for o in aset.objects:
+        area = o.area
+        if area > 0:
+            by_class.setdefault(o.label, []).append(2 * math.sqrt(area / math.pi))
+    if not by_class:
+        return None
+    return float(np.exp(np.mean([np.log(np.median(v)) for v in by_class.values()])))
+
+
 def _scales(items: Sequence[TrainingImage], d0: float) -> tuple[list[float], float | None]:
-    """Per-image rescale factors so that the median object is ``d0`` px; training nm/px."""
-    diam = [median_diameter_px(it.annotations) for it in items]
+    """Per-image rescale factors so that the typical object (:func:`_typical_diameter_px`)
+    is ``d0`` px; training nm/px."""
+    diam = [_typical_diameter_px(it.annotations) for it in items]
     known = [d for d in diam if d]
     if not known:
         raise NanodefectError("no object with a positive area in the annotations")
@@ -135,25 +151,39 @@ def _scales(items: Sequence[TrainingImage], d0: float) -> tuple[list[float], flo
 # ----------------------------------------------------------------------------- loss
 
 def loss_terms(out: torch.Tensor, batch: dict[str, torch.Tensor], n_cls: int) -> dict[str, torch.Tensor]:
-    """Masked losses: foreground BCE + soft Dice, distance BCE, class cross-entropy."""
+    """Masked losses: foreground BCE + soft Dice, distance BCE, class cross-entropy.
+
+    With two or more classes, the classes are balanced by their pixel counts in the batch:
+    the class cross-entropy weighs each present class the same, and in the foreground BCE
+    the object pixels of a class count ``(pixels of the largest class) / (its pixels)``
+    times. A 20-px particle has ~50x the pixels of a single atom; unbalanced, the small
+    class is neither segmented reliably nor ever predicted as its class.
+    """
     v = batch["valid"][:, 0]
     fg = batch["fg"][:, 0]
     dist = batch["dist"][:, 0]
-    denom = v.sum().clamp_min(1.0)
     fg_logit, dist_logit = out[:, 0], out[:, 1]
-    bce = (F.binary_cross_entropy_with_logits(fg_logit, fg, reduction="none") * v).sum() / denom
+    pw = v  # per-pixel weight of the foreground BCE
+    ce = None
+    if n_cls > 1:
+        cls = batch["cls"][:, 0]
+        sel = (cls >= 0) & (v > 0)
+        ce = out.sum() * 0
+        if sel.any():
+            tgt = cls[sel]
+            cnt = torch.bincount(tgt, minlength=n_cls).float()
+            present = cnt > 0
+            ce = F.cross_entropy(out[:, 2:].permute(0, 2, 3, 1)[sel], tgt,
+                                 weight=torch.where(present, 1.0 / cnt.clamp_min(1.0), torch.zeros_like(cnt)))
+            boost = torch.where(present, cnt.max() / cnt.clamp_min(1.0), torch.ones_like(cnt))
+            pw = v * torch.where(cls >= 0, boost[cls.clamp_min(0)], torch.ones_like(v))
+    bce = (F.binary_cross_entropy_with_logits(fg_logit, fg, reduction="none") * pw).sum() / pw.sum().clamp_min(1.0)
     p = torch.sigmoid(fg_logit) * v
     dice = 1 - (2 * (p * fg).sum() + 1) / (p.sum() + (fg * v).sum() + 1)
     wd = v * (1.0 + fg)  # the distance map matters most inside objects
     dl = (F.binary_cross_entropy_with_logits(dist_logit, dist, reduction="none") * wd).sum() / wd.sum().clamp_min(1.0)
     terms = {"fg_bce": bce, "fg_dice": dice, "dist": dl}
-    if n_cls > 1:
-        cls = batch["cls"][:, 0]
-        sel = (cls >= 0) & (v > 0)
-        if sel.any():
-            ce = F.cross_entropy(out[:, 2:].permute(0, 2, 3, 1)[sel], cls[sel])
-        else:
-            ce = out.sum() * 0
+    if ce is not None:
         terms["class"] = ce
     return terms
 
