@@ -196,6 +196,30 @@ def test_dask_distributed_scheduler(tmp_path):
         run_batch(None, [tmp_path / "in"], tmp_path / "nowhere", scheduler="tcp://127.0.0.1:9")
 
 
+def _slot_threads(_):
+    import os
+
+    from napari_nanodefect.core.batch import _dask_worker_threads, _relax_dask_malloc_trim
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return _dask_worker_threads(), cpus, os.environ.get("MALLOC_TRIM_THRESHOLD_"), _relax_dask_malloc_trim()
+
+
+def test_dask_threads_are_shared_by_all_workers_of_a_host():
+    # two single-thread workers on one host must split the cores between them
+    # (cores / own threads gave each all cores: 4 torch threads on 2 cores, 2.5x slower)
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl:
+        with distributed.Client(cl) as client:
+            got, cpus, trim_env, relaxed = client.submit(_slot_threads, 0, pure=False).result()
+    assert got == max(1, cpus // 2)
+    # dask starts workers with MALLOC_TRIM_THRESHOLD_ (2-2.5x slower CPU inference); undone there
+    if sys.platform.startswith("linux") and trim_env:
+        assert relaxed is True
+    here = _slot_threads(0)
+    assert here[0] is None and here[3] is False  # not inside a dask worker: nothing touched
+
+
 def test_cli_batch_reports_and_exit_status(tmp_path, capsys):
     from napari_nanodefect.cli import main
 
