@@ -107,6 +107,30 @@ SYN = dict(shape=(256, 256), n=15, median_diameter_nm=3.0, pixel_size_nm=0.2, si
            single_site_contrast=1.5, support_texture=0.3)
 
 
+def test_patch_sampler_oversamples_the_rare_class():
+    """One 3-px site among 40 large particles: half the patches are centred on a class drawn
+    uniformly, so about a quarter of all patches contain the site (uniform sampling: ~5 %)."""
+    from napari_nanodefect.core.segment.data import PatchSampler, region_from_labels
+
+    specs = [(24 + 48 * (i // 8), 24 + 48 * (i % 8), 12, "particle") for i in range(40)]
+    specs.append((250, 250, 3, "single_site"))
+    lab, cls = _disks((272, 400), specs)
+    idx = np.zeros(lab.max() + 1, np.int64)
+    idx[[k for k, c in cls.items() if c == "single_site"]] = 1
+    reg = region_from_labels(np.zeros(lab.shape, np.float32), lab, classes=idx)
+
+    def share(balance):
+        smp = PatchSampler([reg], patch=64, seed=1, augment=False, class_balance=balance)
+        return float(np.mean([(smp._one()[3] == 1).any() for _ in range(600)]))
+
+    rare, uniform = share(0.5), share(0.0)
+    assert 0.2 < rare < 0.4, rare
+    assert uniform < 0.1, uniform
+    # one class only: no class draws at all (the sampling stays as before)
+    one = region_from_labels(np.zeros(lab.shape, np.float32), lab)
+    assert PatchSampler([one], class_balance=0.5).class_balance == 0.0
+
+
 def test_two_class_fine_tuning_finds_both_classes_on_a_held_out_image():
     """Starter fine-tuned with a two-class head on one 256² image (15 particles of ~15 px,
     30 single atoms of 2–4 px), 3 epochs (483 steps, ~35 s on one CPU thread); on another

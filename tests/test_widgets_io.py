@@ -178,3 +178,30 @@ def test_export_widget_writes_every_format(make_napari_viewer, tmp_path):
         c.setChecked(False)
     assert w.export(tmp_path / "none") is None and "tick" in w.status.text()
     assert not (tmp_path / "none").exists()
+
+
+def test_predict_widget_colours_a_two_class_result_by_class(make_napari_viewer, tmp_path):
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    from napari_nanodefect.core.measure.particles import measure_particles
+    from napari_nanodefect.widgets import _common as C
+    from napari_nanodefect.widgets.predict import PredictWidget
+
+    tif, s = _synthetic_tif(tmp_path)
+    viewer = make_napari_viewer()
+    viewer.open(str(tif), plugin=PLUGIN)
+    w = PredictWidget(viewer)
+    w._target = viewer.layers["syn_haadf"]
+    lab = np.zeros(s.labels.shape, np.int32)
+    lab[10:20, 10:20], lab[40:60, 40:60], lab[100:103, 100:103] = 1, 2, 3
+    classes = {1: "particle", 2: "particle", 3: "single_site"}
+    res = {"labels": lab, "classes": classes, "probability": None, "scale": 1.0, "scale_source": "test",
+           "seconds": 0.1, "table": measure_particles(lab, s.pixel_size_nm, None, class_index=classes)}
+    w._finished(res)
+    ly = viewer.layers["syn_haadf predictions"]
+    assert list(ly.features["class"]) == ["particle", "particle", "single_site"]
+    st = C.state_for(viewer)
+    want = {v: transform_color(st.color_of(c))[0] for v, c in classes.items()}
+    assert not np.allclose(want[1], want[3])
+    for v, rgba in want.items():
+        np.testing.assert_allclose(ly.colormap.map(v)[:3], rgba[:3], atol=1e-3)

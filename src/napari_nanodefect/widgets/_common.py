@@ -240,6 +240,21 @@ def label_classes(layer) -> dict[int, str]:
     return {int(i): str(c) for i, c in zip(idx, f["class"].to_numpy()) if isinstance(c, str) and c}
 
 
+def color_by_class(layer, state: PluginState, unknown: str | None = "#808080",
+                   only: list[str] | None = None) -> None:
+    """Colour a Labels layer by the class of each label value (``layer.features``), in the
+    viewer's class colours. Labels without a class (or outside ``only``) get ``unknown``
+    (None: the first class's colour)."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    default = unknown or state.color_of(state.classes[0])
+    cmap: dict[Any, Any] = {None: default, 0: "transparent"}
+    for v, name in label_classes(layer).items():
+        if only is None or name in only:
+            cmap[int(v)] = state.color_of(name)
+    layer.colormap = DirectLabelColormap(color_dict=cmap)
+
+
 def set_label_classes(layer, classes: Mapping[int, str]) -> None:
     """Set the class of label values in ``layer.features`` (adds rows for new labels,
     keeps every other column)."""

@@ -309,16 +309,9 @@ class ClassifyWidget(QWidget):
 
     def color_by_class(self) -> None:
         """Colour the objects layer by class (the dock's colours; unclassified grey)."""
-        from napari.utils.colormaps import DirectLabelColormap
-
         lab = self.labels_layer()
-        if lab is None:
-            return
-        cmap: dict[Any, Any] = {None: "#808080", 0: "transparent"}
-        for v, name in C.label_classes(lab).items():
-            if name in self._classes:
-                cmap[int(v)] = self.state.color_of(name)
-        lab.colormap = DirectLabelColormap(color_dict=cmap)
+        if lab is not None:
+            C.color_by_class(lab, self.state, only=list(self._classes))
 
     # -- clicking -----------------------------------------------------------------------
     def _set_click_mode(self, on: bool) -> None:

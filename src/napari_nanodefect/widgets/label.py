@@ -252,18 +252,12 @@ class LabelWidget(QWidget):
         lab = self.particles()
         if lab is None:
             return
-        from napari.utils.colormaps import DirectLabelColormap, label_colormap
+        from napari.utils.colormaps import label_colormap
 
         if not self.color_by_class.isChecked():
             lab.colormap = label_colormap(49)
             return
-        cmap = {None: "transparent", 0: "transparent"}
-        default = self.state.color_of(self.state.classes[0])
-        for v, name in C.label_classes(lab).items():
-            cmap[v] = self.state.color_of(name)
-        for v in np.unique(lab.data):
-            cmap.setdefault(int(v), default)
-        lab.colormap = DirectLabelColormap(color_dict=cmap)
+        C.color_by_class(lab, self.state, unknown=None)
 
     # -- model -----------------------------------------------------------------
     def _model_changed(self, path) -> None:

@@ -281,6 +281,9 @@ class PredictWidget(QWidget):
                                         units=tuple(im.units[-2:]))
         for cls in sorted(set(res["classes"].values())):
             self.state.add_class(cls)
+        if len(set(res["classes"].values())) > 1:
+            # several object classes: one colour per class, as in the other docks
+            C.color_by_class(ly, self.state, unknown=None)
         if res["probability"] is not None:
             pname = f"{im.name} probability"
             if replace and pname in self.viewer.layers:

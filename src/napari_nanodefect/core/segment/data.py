@@ -135,10 +135,15 @@ class PatchSampler:
     Augmentation (micrograph-safe): flips and 90-degree rotations, scale jitter
     (+-``scale_jitter``), contrast/brightness, gamma, Gaussian noise and blur. Pixels
     outside the region or outside crops get ``valid`` = 0.
+
+    With two or more object classes in the training pixels, a fraction ``class_balance``
+    of the patches is centred on a pixel of a class drawn uniformly among the classes
+    (then augmented like any patch), so a rare class is seen as often as a common one
+    (Zelenka et al.'s imbalance problem); the rest are drawn uniformly over the area.
     """
 
     def __init__(self, regions: list[Region], patch: int = 128, seed: int = 0, scale_jitter: float = 0.25,
-                 augment: bool = True, invert_p: float = 0.0):
+                 augment: bool = True, invert_p: float = 0.0, class_balance: float = 0.5):
         self.regions = [r for r in regions if r.train.any()]
         if not self.regions:
             raise NanodefectError("no annotated training area: draw at least one crop with objects inside")
@@ -150,11 +155,25 @@ class PatchSampler:
         area = np.array([r.train.sum() for r in self.regions], float)
         self.weights = area / area.sum()
         self.coords = [np.flatnonzero(r.train) for r in self.regions]
+        # per class: (region index, flat pixel index) of its training pixels
+        per: dict[int, list[tuple[int, np.ndarray]]] = {}
+        for k, r in enumerate(self.regions):
+            for c in np.unique(r.cls[r.train]):
+                if c >= 0:
+                    per.setdefault(int(c), []).append((k, np.flatnonzero(r.train & (r.cls == c))))
+        self.class_pixels = {c: (np.concatenate([np.full(len(f), k) for k, f in lst]), np.concatenate([f for _, f in lst]))
+                             for c, lst in per.items()}
+        self.class_balance = float(class_balance) if len(self.class_pixels) >= 2 else 0.0
 
     def _one(self) -> tuple[np.ndarray, ...]:
-        k = self.rng.choice(len(self.regions), p=self.weights)
+        if self.class_balance and self.rng.random() < self.class_balance:
+            ks, flat = self.class_pixels[sorted(self.class_pixels)[int(self.rng.integers(len(self.class_pixels)))]]
+            i = int(self.rng.integers(len(flat)))
+            k, c = int(ks[i]), flat[i]
+        else:
+            k = self.rng.choice(len(self.regions), p=self.weights)
+            c = self.coords[k][self.rng.integers(len(self.coords[k]))]
         r = self.regions[k]
-        c = self.coords[k][self.rng.integers(len(self.coords[k]))]
         cy, cx = divmod(int(c), r.image.shape[1])
         s = math.exp(self.rng.uniform(-self.jitter, self.jitter)) if self.augment else 1.0
         size = max(8, int(round(self.patch * s)))
