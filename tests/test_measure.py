@@ -335,7 +335,7 @@ def test_real_tem_seg_counts_and_median_ecd(frame, tmp_path):
     from skimage.measure import label as sk_label, regionprops
 
     from conftest import real_file
-    from napari_nanodefect.core.annotations import labels_to_set, write_label_tiff, write_labelme
+    from napari_nanodefect.core.annotations import labels_to_set, write_labelme
 
     mask = np.asarray(Image.open(real_file("TEM-Seg", "DATA", "Au (750°C)", "Ground Truth (5%)", f"frame_{frame}.png")))
     mask = (mask[..., 0] if mask.ndim == 3 else mask) > 127

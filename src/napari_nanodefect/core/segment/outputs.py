@@ -95,7 +95,7 @@ SUMMARY_COLUMNS = ["image", "count", "count_edge_touching", "count_estimated", "
                    "lognormal_mu", "lognormal_sigma", "lognormal_ks", "pixel_size_nm", "pixel_size_source"]
 
 
-def summary_rows(summaries: Iterable[dict]) -> "pd.DataFrame":
+def summary_rows(summaries: Iterable[dict]) -> "pd.DataFrame":  # noqa: F821 - pandas imported lazily
     import pandas as pd
 
     rows = []
