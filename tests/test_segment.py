@@ -287,3 +287,33 @@ def test_seed_counting_in_bands_gives_the_same_instances(monkeypatch):
     banded, _ = inst.extract_instances(fg, dist)
     np.testing.assert_array_equal(whole, banded)
     assert whole.max() >= 0.9 * len(np.unique(gt)) - 1
+
+
+def test_auto_scale_retries_smaller_scales_when_objects_cover_the_image(monkeypatch):
+    """The probe (a central window) picks 2.0, where the whole image comes back as one
+    texture of objects (60 % covered); the next-best smaller probe scale (1.0) gives sparse
+    objects and is kept. A probe choice that is fine is left alone."""
+    import napari_nanodefect.core.segment.predict as P
+
+    model = _local_model()
+    image = np.zeros((200, 200), np.float32)
+    stats = [{"scale": c, "rank_score": r} for c, r in ((0.5, 0.2), (1.0, 0.5), (2.0, 1.0), (4.0, 0.8))]
+    monkeypatch.setattr(P, "estimate_scale", lambda m, img: (2.0, [dict(st) for st in stats]))
+    monkeypatch.setattr(P, "predict_maps", lambda m, img, s, *a: (np.full(img.shape, s, np.float32), None, None))
+
+    def extract(fg, dist, cls, cfg, s):
+        lab = np.zeros(fg.shape, np.int32)
+        if s >= 2.0:  # texture: 60 % of the image inside objects
+            lab[:120] = (np.arange(120 * 200).reshape(120, 200) % 97) + 1
+        else:  # a few particles
+            lab[10:20, 10:20], lab[50:60, 50:60] = 1, 2
+        return lab, np.zeros(int(lab.max()), np.int64)
+
+    monkeypatch.setattr(P, "_extract", extract)
+    pred = predict_array(model, image)
+    assert pred.scale == 1.0 and pred.labels.max() == 2
+    assert "covered 60% at 2" in pred.scale_source
+    # sparse at the probe's choice: no retry
+    monkeypatch.setattr(P, "estimate_scale", lambda m, img: (1.0, [dict(st) for st in stats]))
+    pred = predict_array(model, image)
+    assert pred.scale == 1.0 and "covered" not in pred.scale_source
