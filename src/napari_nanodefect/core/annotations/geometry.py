@@ -249,6 +249,33 @@ def points_in_ring(pts: np.ndarray, ring: np.ndarray) -> np.ndarray:
 _STRUCT4 = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
 
 
+def _walk_with_saddles(start, end, dx, dy) -> list[list[int]]:
+    """Edge walks when some vertex starts two edges (pixels touching only diagonally)."""
+    out_edges: dict[int, list[int]] = {}
+    for i, s in enumerate(start.tolist()):
+        out_edges.setdefault(s, []).append(i)
+    used = np.zeros(len(start), bool)
+    dxl, dyl, endl = dx.tolist(), dy.tolist(), end.tolist()
+    walks = []
+    for first in range(len(start)):
+        if used[first]:
+            continue
+        verts = []
+        i = first
+        while True:
+            used[i] = True
+            verts.append(i)
+            cand = [j for j in out_edges[endl[i]] if not used[j]]
+            if not cand:
+                break
+            if len(cand) == 1:
+                i = cand[0]
+            else:  # saddle: take the turn with cross(d_in, d_out) == -1
+                i = min(cand, key=lambda j: dxl[i] * dyl[j] - dyl[i] * dxl[j])
+        walks.append(verts)
+    return walks
+
+
 def _trace_component(m: np.ndarray) -> list[np.ndarray]:
     """Closed pixel-edge rings of a padded boolean mask (one 4-connected component).
 
@@ -275,32 +302,34 @@ def _trace_component(m: np.ndarray) -> list[np.ndarray]:
     end = edges[:, 3] * W1 + edges[:, 2]
     dx = edges[:, 2] - edges[:, 0]
     dy = edges[:, 3] - edges[:, 1]
-    out_edges: dict[int, list[int]] = {}
-    for i, s in enumerate(start.tolist()):
-        out_edges.setdefault(s, []).append(i)
-    used = np.zeros(len(edges), bool)
-    dxl, dyl, endl = dx.tolist(), dy.tolist(), end.tolist()
+    n_e = len(edges)
+    order = np.argsort(start, kind="stable")
+    s_sorted = start[order]
     rings = []
-    for first in range(len(edges)):
-        if used[first]:
-            continue
-        verts = []
-        i = first
-        while True:
-            used[i] = True
-            verts.append(i)
-            cand = [j for j in out_edges[endl[i]] if not used[j]]
-            if not cand:
-                break
-            if len(cand) == 1:
-                i = cand[0]
-            else:  # saddle: take the turn with cross(d_in, d_out) == -1
-                i = min(cand, key=lambda j: dxl[i] * dyl[j] - dyl[i] * dxl[j])
+    if n_e and not np.any(s_sorted[1:] == s_sorted[:-1]):
+        # no saddle vertex: every vertex starts exactly one edge, so the edges form a
+        # permutation and each ring is one of its cycles (same walk as below, ~30x faster)
+        nxt = order[np.searchsorted(s_sorted, end)].tolist()
+        used_b = bytearray(n_e)
+        walks = []
+        for first in range(n_e):
+            if used_b[first]:
+                continue
+            verts = []
+            i = first
+            while not used_b[i]:
+                used_b[i] = 1
+                verts.append(i)
+                i = nxt[i]
+            walks.append(verts)
+    else:
+        walks = _walk_with_saddles(start, end, dx, dy)
+    code = (dx + 1) * 3 + (dy + 1)  # one number per unit direction
+    for verts in walks:
         idx = np.array(verts)
         # keep only vertices where the direction changes
-        d_in = np.stack([dx[np.roll(idx, 1)], dy[np.roll(idx, 1)]], 1)
-        d_out = np.stack([dx[idx], dy[idx]], 1)
-        turn = np.any(d_in != d_out, axis=1)
+        d = code[idx]
+        turn = d != np.concatenate((d[-1:], d[:-1]))
         pts = edges[idx[turn], :2].astype(np.float64)
         rings.append(pts)
     return rings
