@@ -43,7 +43,7 @@ from ..atomic import atomic_write_json
 from ..errors import NanodefectError
 from . import geometry
 from ._image import image_size
-from .labelme import _load_json, _num, _relpath
+from .labelme import _load_json, _num, _nums, _relpath
 from .model import AnnotationSet, Crop, LineAnnotation, ObjectAnnotation, PointAnnotation, positive_int
 
 _ANN_KEYS = {"id", "image_id", "category_id", "segmentation", "area", "bbox", "iscrowd", "score", "attributes",
@@ -342,7 +342,7 @@ def _categories(sets: Sequence[AnnotationSet], categories) -> list[dict[str, Any
 
 
 def _flat(ring: np.ndarray) -> list[float]:
-    return [_num(v) for v in np.asarray(ring, dtype=np.float64).reshape(-1)]
+    return _nums(np.asarray(ring, dtype=np.float64).reshape(-1))
 
 
 def _indent(data: dict) -> int | None:

@@ -326,8 +326,20 @@ def _num(v: float) -> float | int:
     return int(f) if f.is_integer() and abs(f) < 2**53 else f
 
 
+def _nums(arr: np.ndarray) -> list:
+    """``arr.tolist()`` with :func:`_num`'s rule; all-integer arrays (traced pixel outlines)
+    in one step (per-value conversion was 0.6 s of a 2048² prediction's 2000 polygons)."""
+    if arr.size == 0 or (np.all(np.abs(arr) < 2**53) and np.array_equal(arr, np.trunc(arr))):
+        return arr.astype(np.int64).tolist()
+    flat = [_num(v) for v in arr.reshape(-1).tolist()]
+    if arr.ndim == 2:
+        k = arr.shape[1]
+        return [flat[i : i + k] for i in range(0, len(flat), k)]
+    return flat
+
+
 def _pts(a: Iterable) -> list[list[float]]:
-    return [[_num(x), _num(y)] for x, y in np.asarray(a, dtype=np.float64).reshape(-1, 2)]
+    return _nums(np.asarray(a, dtype=np.float64).reshape(-1, 2))
 
 
 def _shape(label, points, shape_type, ann, **more) -> dict[str, Any]:

@@ -3,6 +3,8 @@ per image, one COCO file and one ``summary.csv`` (a row per image) for all image
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,11 +39,32 @@ def prediction_to_set(pred: Prediction, image_path: str | None = None) -> Annota
     return aset
 
 
+@contextlib.contextmanager
+def _gc_paused():
+    """Pause the cyclic garbage collector while output files are built: thousands of
+    polygons become millions of small lists (no cycles; reference counting frees them),
+    and the collections they trigger scanned the whole heap (torch, the model) again and
+    again: 0.2-0.5 s of a 2048² image's 0.9-1.7 s of writing (measured)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def write_prediction(pred: Prediction, image_path: str | os.PathLike, out_dir: str | os.PathLike,
                      stem: str | None = None) -> PredictionFiles:
     """``<stem>_labels.tif`` (instances, same size as the analysed plane), ``<stem>.json``
     (LabelMe polygons with classes; ``imagePath`` relative to the JSON) and
     ``<stem>_particles.csv``; ``stem`` defaults to the image's."""
+    with _gc_paused():
+        return _write_prediction(pred, image_path, out_dir, stem)
+
+
+def _write_prediction(pred: Prediction, image_path: str | os.PathLike, out_dir: str | os.PathLike,
+                      stem: str | None) -> PredictionFiles:
     image_path = Path(image_path)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -130,8 +153,9 @@ def predict_files(
         tile_cb = on_image(path, i, len(images)) if on_image else None
         pred = predict_image(model, path, progress=tile_cb, **predict_kwargs)
         results.append(write_prediction(pred, path, out_dir))
-    coco = write_coco([r.annotations for r in results], out_dir / coco_name, categories=list(model.config.classes),
-                      include_lines_points=False)
+    with _gc_paused():
+        coco = write_coco([r.annotations for r in results], out_dir / coco_name,
+                          categories=list(model.config.classes), include_lines_points=False)
     table = summary_rows(r.extra["summary"] for r in results)
     atomic_write_text(out_dir / "summary.csv", table.to_csv(index=False, float_format="%.6g"))
     return results, coco
