@@ -317,3 +317,28 @@ def test_auto_scale_retries_smaller_scales_when_objects_cover_the_image(monkeypa
     monkeypatch.setattr(P, "estimate_scale", lambda m, img: (1.0, [dict(st) for st in stats]))
     pred = predict_array(model, image)
     assert pred.scale == 1.0 and "covered" not in pred.scale_source
+
+
+def test_scale_probe_is_not_drawn_to_the_ends_of_a_flat_score_curve(monkeypatch):
+    """Equal scores at every candidate scale: the probe returns the candidate nearest the
+    training scale (the prior), not the first or last candidate (edge padding did)."""
+    import napari_nanodefect.core.segment.predict as P
+
+    def maps(m, crop, c, *a):
+        return np.full(crop.shape, 200, np.uint8), np.zeros(crop.shape, np.uint8), None
+
+    def inst(fg, dist, *a):
+        lab = np.zeros(fg.shape, np.int32)
+        for k in range(5):
+            lab[4 + 6 * k : 8 + 6 * k, 4:8] = k + 1
+        return lab, None
+
+    monkeypatch.setattr(P, "predict_maps", maps)
+    monkeypatch.setattr(P, "extract_instances", inst)
+    for train_scale in (1.0, 0.3):
+        model = _local_model(train_scale=train_scale)
+        s, stats = P.estimate_scale(model, np.zeros((600, 600), np.float32))
+        scores = {round(st["score"], 9) for st in stats}
+        assert len(scores) == 1 and scores.pop() > 0  # flat
+        nearest = min(P.PROBE_SCALES, key=lambda c: abs(np.log(c / train_scale)))
+        assert s == nearest
