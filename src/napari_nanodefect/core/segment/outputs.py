@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -71,16 +72,27 @@ def _write_prediction(pred: Prediction, image_path: str | os.PathLike, out_dir: 
     stem = stem or image_path.stem
     m = pred.micrograph
     ps = m.pixel_size_nm if m else None
-    labels_path = write_label_tiff(out_dir / f"{stem}_labels.tif", pred.labels, classes=pred.classes,
-                                   pixel_size_nm=ps, image_path=os.path.relpath(image_path.resolve(), out_dir.resolve()))
-    aset = prediction_to_set(pred, str(image_path.resolve()))
-    aset.pixel_size_nm = ps
-    aset.extra["nanodefect"] = {"scale": pred.scale, "scale_source": pred.scale_source}
     json_path = out_dir / f"{stem}.json"
-    # a base64 copy of a huge image inside the JSON helps nobody: reference it instead
-    embed = "auto" if pred.labels.size <= LABELME_EMBED_MAX_PIXELS else False
-    write_labelme(aset, json_path, embed_image=embed)
-    particles, summary = measure_prediction(pred, stem)
+
+    def polygons():
+        labels_path = write_label_tiff(out_dir / f"{stem}_labels.tif", pred.labels, classes=pred.classes, pixel_size_nm=ps,
+                                       image_path=os.path.relpath(image_path.resolve(), out_dir.resolve()))
+        aset = prediction_to_set(pred, str(image_path.resolve()))
+        aset.pixel_size_nm = ps
+        aset.extra["nanodefect"] = {"scale": pred.scale, "scale_source": pred.scale_source}
+        # a base64 copy of a huge image inside the JSON helps nobody: reference it instead
+        embed = "auto" if pred.labels.size <= LABELME_EMBED_MAX_PIXELS else False
+        write_labelme(aset, json_path, embed_image=embed)
+        return labels_path, aset
+
+    # label TIFF + polygons + LabelMe in a second thread beside the measurement: the
+    # compression, the PNG of the embedded image and numpy work release the GIL
+    with ThreadPoolExecutor(1) as ex:
+        fut = ex.submit(polygons)
+        try:
+            particles, summary = measure_prediction(pred, stem)
+        finally:
+            labels_path, aset = fut.result()
     csv_path = atomic_write_text(out_dir / f"{stem}_particles.csv", particles.to_csv(index=False, float_format="%.6g"))
     return PredictionFiles(image_path, labels_path, json_path, pred.count, aset, pred,
                            extra={"particles_csv": csv_path, "summary": summary, "particles": particles})
