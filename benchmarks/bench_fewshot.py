@@ -35,12 +35,15 @@ from napari_nanodefect.core.segment.predict import predict_array  # noqa: E402
 from napari_nanodefect.core.segment.train import train  # noqa: E402
 
 
-def evaluate(model, samples, label: str, verbose: bool = True) -> dict:
+METHODS = ("ours", "ours_tta", "starter_only", "otsu", "rf")
+
+
+def evaluate(model, samples, label: str, verbose: bool = True, tta: bool = False) -> dict:
     per = {}
     t0 = time.perf_counter()
     for s in samples:
         t = time.perf_counter()
-        pred = predict_array(model, s.image)
+        pred = predict_array(model, s.image, tta=tta)
         r = centroid_in_box(pred.labels, s.boxes)
         per[s.name] = {k: r[k] for k in ("tp", "fp", "fn", "n_truth", "n_pred", "precision", "recall", "f1")}
         per[s.name].update(scale=round(pred.scale, 3), seconds=round(time.perf_counter() - t, 2))
@@ -64,6 +67,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--keep-model", default=None, metavar="DIR", help="save the fine-tuned model here")
     ap.add_argument("--only-ours", action="store_true", help="skip the starter-only and baseline runs")
+    ap.add_argument("--tta", action="store_true", help="also evaluate the fine-tuned model with tta=True (4 flipped views)")
     args = ap.parse_args(argv)
     if not DATA_ROOT.exists():
         print(f"data not found: {DATA_ROOT}")
@@ -83,6 +87,8 @@ def main(argv=None) -> int:
               f"{res.summary['iterations']} iterations, {res.summary['loop_seconds']:.1f} s loop, "
               f"{out['fine_tune']['wall_s']:.1f} s wall", flush=True)
         out["ours"] = evaluate(res.model, test, "ours")
+        if args.tta:
+            out["ours_tta"] = evaluate(res.model, test, "ours+tta", tta=True)
     if args.only_ours:
         args.no_starter_only = args.no_baselines = True
     if not args.no_starter_only:
@@ -93,12 +99,12 @@ def main(argv=None) -> int:
         b = run_baselines(samples, args.train, seed=args.seed)
         out["otsu"] = b["methods"]["otsu"]
         out["rf"] = b["methods"]["rf"]
-    print(f"\n{'image':12s} " + " ".join(f"{m:>16s}" for m in ("ours", "starter_only", "otsu", "rf") if m in out))
+    print(f"\n{'image':12s} " + " ".join(f"{m:>16s}" for m in METHODS if m in out))
     for s in test:
-        cells = [f"{out[m]['per_image'][s.name]['f1']:16.3f}" for m in ("ours", "starter_only", "otsu", "rf") if m in out]
+        cells = [f"{out[m]['per_image'][s.name]['f1']:16.3f}" for m in METHODS if m in out]
         print(f"{s.name:12s} " + " ".join(cells))
     print("\npooled centroid-in-box over", out["n_test_images"], "images,", out["n_test_boxes"], "boxes:")
-    for m in ("ours", "starter_only", "otsu", "rf"):
+    for m in METHODS:
         if m in out:
             p = out[m]["pooled"]
             print(f"  {m:13s} P {p['precision']:.3f}  R {p['recall']:.3f}  F1 {p['f1']:.3f}   (mean per-image F1 "

@@ -342,3 +342,69 @@ def test_scale_probe_is_not_drawn_to_the_ends_of_a_flat_score_curve(monkeypatch)
         assert len(scores) == 1 and scores.pop() > 0  # flat
         nearest = min(P.PROBE_SCALES, key=lambda c: abs(np.log(c / train_scale)))
         assert s == nearest
+
+
+def test_tta_maps_are_the_mean_of_four_views_and_flip_with_the_image():
+    from napari_nanodefect.core.segment.predict import _maps, predict_maps
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(tile_size=128, tile_overlap=32, **TINY)
+    model = LoadedModel(build_model(cfg, None).eval(), cfg, None, torch.device("cpu"))
+    rng = np.random.default_rng(1)
+    img = ndi.gaussian_filter(rng.normal(size=(200, 200)), 3).astype(np.float32)
+    fg, dist, cls = _maps(model, img, 1.0, None, None, None, None, True)
+    assert cls is None and fg.dtype == np.uint8 and fg.shape == img.shape
+    # equals the rounded mean of the four views, each mapped back
+    views = [(img, lambda a: a), (img[:, ::-1], lambda a: a[:, ::-1]), (img[::-1], lambda a: a[::-1]),
+             (img[::-1, ::-1], lambda a: a[::-1, ::-1])]
+    acc = sum(inv(predict_maps(model, np.ascontiguousarray(v), 1.0)[0]).astype(np.int32) for v, inv in views)
+    np.testing.assert_array_equal(fg, ((acc + 2) // 4).astype(np.uint8))
+    plain = predict_maps(model, img, 1.0)[0]
+    assert np.abs(plain.astype(int) - fg).max() > 0  # a random net is not flip-symmetric: averaging changes it
+    # the averaged maps are equivariant: maps of the flipped / rotated image are the maps flipped / rotated
+    for f in (lambda a: a[:, ::-1], lambda a: a[::-1], lambda a: a[::-1, ::-1]):
+        fg2, dist2, _ = _maps(model, np.ascontiguousarray(f(img)), 1.0, None, None, None, None, True)
+        np.testing.assert_array_equal(fg2, f(fg))
+        np.testing.assert_array_equal(dist2, f(dist))
+
+
+def test_predict_with_tta_finds_the_same_disks():
+    img = _disk_image((300, 400))
+    model = _local_model(tile_size=128, tile_overlap=48, min_area_px=4)
+    plain = predict_array(model, img, scale=1.0)
+    tta = predict_array(model, img, scale=1.0, tta=True)
+    assert tta.count == plain.count > 50
+    assert match_instances(plain.labels, tta.labels, 0.9)["f1"] == 1.0
+
+
+def test_prediction_uses_a_batchnorm_fused_copy_with_the_same_output():
+    from napari_nanodefect.core.segment.model import fuse_conv_bn
+
+    m = load_model(device="cpu")  # the starter: MobileNetV2 + decoder, BatchNorm everywhere
+    keys = set(m.module.state_dict())
+    net = m.inference_module()
+    assert net is m.inference_module() and net is not m.module  # cached copy
+    n_bn = sum(isinstance(x, torch.nn.BatchNorm2d) for x in m.module.modules())
+    assert n_bn > 40 and not any(isinstance(x, torch.nn.BatchNorm2d) for x in net.modules())
+    assert set(m.module.state_dict()) == keys  # the original keeps its BatchNorms (fine-tuning starts from it)
+    x = torch.randn(2, 1, 128, 160).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        a, b = m.module(x), net(x)
+    assert torch.allclose(a, b, atol=1e-3, rtol=1e-3)
+    assert (a - b).abs().max() < 1e-3 * a.abs().max()
+    # BatchNorm with non-trivial statistics, with and without a conv bias
+    seq = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, bias=False), torch.nn.BatchNorm2d(4),
+                              torch.nn.Conv2d(4, 2, 1, bias=True), torch.nn.BatchNorm2d(2, affine=False))
+    for bn in (seq[1], seq[3]):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    seq[1].weight.data.uniform_(0.5, 2)
+    seq[1].bias.data.uniform_(-1, 1)
+    seq.eval()
+    y = torch.randn(1, 3, 9, 9)
+    ref = seq(y)
+    assert fuse_conv_bn(seq) == 2
+    torch.testing.assert_close(seq(y), ref, atol=1e-5, rtol=1e-5)
+    # in training mode prediction would use the module itself
+    m.module.train()
+    assert m.inference_module() is m.module

