@@ -5,7 +5,10 @@
    smp Unet(resnet18) forward pass over the same pixels in 16 tiles of 512x512
    (random init, inference_mode, its best of batch 1/4 and memory formats) -> ratio,
    target <= 1.0; both sides warmed up first (the reference by one forward, ours by
-   predicting a 256x256 image);
+   predicting a 256x256 image), and both sides take their best time: the reference over
+   its 8 settings x 2 repeats, ours over ``--repeats`` (3) whole runs, each writing every
+   output into a fresh folder (until 2026-11-22 ours was timed once against the
+   reference's best of 16, which put ours at a disadvantage on this noisy machine);
 2. an 8192x8192 image predicted and its label TIFF written, in a fresh process:
    peak RSS (VmHWM), target <= 2 GiB.
 
@@ -80,6 +83,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None)
     ap.add_argument("--skip-8k", action="store_true")
+    ap.add_argument("--repeats", type=int, default=3, help="whole prediction runs timed; the best counts")
     args = ap.parse_args()
     model = load_model(args.model, device="cpu")
     d0 = model.config.object_diameter_px
@@ -91,13 +95,18 @@ def main() -> None:
         # in a process also pays one-off imports (measurement, JSON writers) and kernel setup
         small = write_tiff(tmp / "p256.tif", synthetic(256, d0, seed=2), pixel_size_nm=None)
         predict_files(model, [small], tmp / "warm", scale=1.0)
-        t = time.perf_counter()
-        results, coco = predict_files(model, [img], tmp / "out", scale=1.0)
-        ours = time.perf_counter() - t
-        r = results[0]
-        print(f"2048x2048: ours {ours:.2f} s (network {r.prediction.seconds['network']:.2f} s, "
-              f"instances {r.prediction.seconds['instances']:.2f} s, {r.count} objects, all outputs written) | "
-              f"bare Unet(resnet18) 16x512^2 forward {bare:.2f} s | ratio {ours / bare:.2f} (target <= 1.0)")
+        runs = []
+        for k in range(max(1, args.repeats)):
+            t = time.perf_counter()
+            res_k, coco = predict_files(model, [img], tmp / f"out{k}", scale=1.0)
+            runs.append(time.perf_counter() - t)
+            if runs[-1] == min(runs):
+                r = res_k[0]
+        ours = min(runs)
+        print(f"2048x2048: ours {ours:.2f} s (best of {', '.join(f'{v:.2f}' for v in runs)}; network "
+              f"{r.prediction.seconds['network']:.2f} s, instances {r.prediction.seconds['instances']:.2f} s, "
+              f"{r.count} objects, all outputs written) | bare Unet(resnet18) 16x512^2 forward {bare:.2f} s | "
+              f"ratio {ours / bare:.2f} (target <= 1.0)")
         t = time.perf_counter()
         results, _ = predict_files(model, [img], tmp / "out_auto", scale="auto")
         auto = time.perf_counter() - t

@@ -218,6 +218,15 @@ def test_embed_image_rules(tmp_path):
     px = np.asarray(im)
     assert px.min() == 0 and px.max() == 255  # stretched min..max
     assert px[0, 0] < px[-1, -1]
+    # a PNG made beforehand (predict encodes it in a thread) is used as is: same file
+    from napari_nanodefect.core.annotations._image import png8_bytes
+
+    before = (tmp_path / "out.json").read_bytes()
+    pre = png8_bytes(tmp_path / "img.tif")
+    assert write_labelme(s, tmp_path / "out.json", png=pre).read_bytes() == before
+    marker = (b"not-a-png", (H, W))  # proves it is taken, not recomputed
+    d = json.loads(write_labelme(s, tmp_path / "out.json", png=marker).read_text())
+    assert base64.b64decode(d["imageData"]) == b"not-a-png"
     d = json.loads(write_labelme(s, tmp_path / "out.json", embed_image=False).read_text())
     assert d["imageData"] is None
     # palette TIFF -> RGB PNG with the palette colours

@@ -108,6 +108,26 @@ def test_nearest_neighbour_distances():
     assert t.loc[3, "nn_distance_nm"] == pytest.approx(5.0)
 
 
+def test_edge_gaps_in_chunks_equal_one_pass(monkeypatch):
+    """The edge-to-edge distances are computed in row chunks (memory on huge images): the
+    chunks give the same table as one pass, and still the analytic 7-px gap."""
+    import napari_nanodefect.core.measure.particles as mp
+
+    rng = np.random.default_rng(3)
+    m = np.zeros((300, 300), np.int32)
+    for i, (y, x) in enumerate(rng.integers(10, 280, size=(40, 2)), 1):
+        m[y : y + 8, x : x + 6] = i
+    m[:40, :] = 0
+    m[5:25, 5:25] = 41
+    m[5:25, 32:50] = 42  # 7 px gap to 41
+    full = measure_particles(m, 1.0).set_index("label")
+    monkeypatch.setattr(mp, "EDGE_GAP_CHUNK", 3)
+    chunked = measure_particles(m, 1.0).set_index("label")
+    assert full["nn_edge_distance_nm"].notna().sum() == full.shape[0] > 20
+    np.testing.assert_array_equal(chunked["nn_edge_distance_nm"].to_numpy(), full["nn_edge_distance_nm"].to_numpy())
+    assert chunked.loc[41, "nn_edge_distance_nm"] == pytest.approx(7.0)
+
+
 def test_intensity_edge_and_classes():
     m = np.zeros((50, 60), np.int32)
     m[0:5, 10:20] = 1      # touches top

@@ -196,3 +196,31 @@ def test_make_particles_keeps_the_old_call():
     _check_exact(s)
     assert s.image.dtype == np.uint8 and set(s.classes.values()) == {"particle"}
     assert s.labels.max() == 50
+
+
+def test_support_clouds_are_soft_unlabelled_clumps():
+    """``clouds``: particle-sized bright clumps of the support, never labelled, whose tops
+    reach about ``clouds`` x a particle's peak signal, with much softer edges than particles."""
+    kw = dict(shape=(384, 384), n=12, median_diameter_nm=10.0, sigma=0.1, pixel_size_nm=0.5, mode="haadf",
+              noise=0.0, dose=None, seed=4, support_level=0.3, support_texture=0.05, gradient=0.0, blur=0.8,
+              clip_percentiles=(0.0, 100.0), dtype="uint16", cloud_size=2.5)
+    out = {}
+    for c in (0.0, 0.6):
+        s = make_particles(clouds=c, **kw)
+        _check_exact(s)
+        img = s.image.astype(np.float64)
+        fg = ndi.binary_dilation(s.labels > 0, iterations=6)
+        bg = img[~fg]
+        peaks = ndi.maximum(img, s.labels, np.arange(1, s.labels.max() + 1))
+        base = np.percentile(bg, 2)
+        # relief of the bare support against the particle peaks
+        out[c] = (np.percentile(bg, 99.5) - base) / (np.median(peaks) - base)
+        gy, gx = np.gradient(img)
+        g = np.hypot(gy, gx)
+        edge = ndi.binary_dilation(s.labels > 0, iterations=1) & ~ndi.binary_erosion(s.labels > 0, iterations=1)
+        out[(c, "grad")] = np.percentile(g[~fg], 99) / np.median(g[edge])
+        assert s.labels.max() == 12
+    assert out[0.0] < 0.15
+    assert 0.3 < out[0.6] < 0.9
+    # per unit of height, cloud flanks are about half as steep as particle edges (0.52 measured)
+    assert out[(0.6, "grad")] / out[0.6] < 0.7

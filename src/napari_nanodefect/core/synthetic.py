@@ -291,6 +291,8 @@ def make_particles(
     support_texture: float = 0.5,
     support_grain_nm: float = 15.0,
     support_coverage: float = 1.0,
+    clouds: float = 0.0,
+    cloud_size: float = 2.5,
     contrast: float = 1.0,
     thickness_exponent: float = 0.5,
     brightness_spread: float = 0.12,
@@ -329,7 +331,12 @@ def make_particles(
     is its mean signal relative to the peak of a median particle (``contrast`` scales the
     particles); ``support_texture`` its relative roughness; ``support_coverage`` < 1 leaves
     vacuum (particles sit on the support: the placement probability follows its projected
-    thickness). ``thickness_exponent`` shapes the particle profile (0.5: sphere),
+    thickness). ``clouds`` adds soft clumps to the support (aggregated primary support
+    particles, as in carbon black or W/C powders seen in HAADF STEM): a band-pass field of
+    blobs ``cloud_size`` median particle diameters across with smooth edges, whose bright
+    tops reach ``clouds`` times a median particle's peak signal; they are never labelled
+    (hard negatives: particle-sized bright spots that are not particles).
+    ``thickness_exponent`` shapes the particle profile (0.5: sphere),
     ``brightness_spread`` is the log-normal spread of the particle brightness
     (composition, orientation / diffraction contrast). Imaging: ``blur`` (Gaussian PSF sigma, px), ``gradient``/``vignetting``
     (illumination), ``dose`` (counts per pixel at a particle peak, ``None`` = no shot
@@ -398,6 +405,16 @@ def make_particles(
         tsup = tsup * (1 + 0.06 * tex * fine)
     if cover is not None:
         tsup = tsup * cover
+    if clouds > 0 and support != "none":
+        # soft clumps: a band-pass field around 1 / (cloud_size x median diameter), its
+        # positive lobes raised to a power (rounded tops, smooth flanks), the 99th
+        # percentile scaled to ``clouds`` x a median particle's peak (in support units)
+        kc = 1.0 / max(2.0 * r_med * float(cloud_size), 4.0)
+        cf = _filtered(_unit_noise_spectrum(rng, shape), kgrid, np.exp(-(((kgrid - kc) / (0.45 * kc)) ** 2)) * nz, shape)
+        cf = np.maximum(cf, 0) ** 1.5
+        top = float(np.percentile(cf[::4, ::4], 99)) or 1.0
+        amp = float(clouds) * float(contrast) / max(float(support_level), 0.05)
+        tsup = tsup + (amp / top) * cf * (cover if cover is not None else 1.0)
     tsup = np.clip(tsup, 0, None).astype(np.float32)
     # particles sit on the support: placement probability ~ projected support thickness
     support_here = None
@@ -733,7 +750,8 @@ def random_micrograph(rng_or_seed: int | np.random.Generator | None = None, shap
     (log-uniform) with a pixel size that keeps it 1–30 nm; size spread; density from
     1.5 % to 45 % of the area (sparse to crowded); touching / overlapping / clustered /
     packed fractions; round, elliptical and faceted shapes; support type, level,
-    roughness, grain size and coverage; particle contrast and brightness spread; PSF,
+    roughness, grain size and coverage; soft particle-sized support clumps (40 % of HAADF
+    and BF images); particle contrast and brightness spread; PSF,
     gradient, vignetting; shot and read noise set from a drawn contrast-to-noise ratio
     per pixel (1.2–15, higher for small particles, so that every labelled particle stays
     visible); hot pixels, lattice fringes, halo, speckle, scan lines, single sites (HAADF),
@@ -805,6 +823,10 @@ def random_micrograph(rng_or_seed: int | np.random.Generator | None = None, shap
         "jpeg_quality": int(rng.integers(55, 96)) if rng.random() < 0.5 else None,
         "max_tries": 4 * n + 40,
     }
+    if mode in ("haadf", "bf") and rng.random() < 0.4:
+        # soft particle-sized support clumps (hard negatives), 40 % of HAADF and BF images
+        p["clouds"] = rng.uniform(0.25, 0.8)
+        p["cloud_size"] = _loguniform(rng, 1.3, 4.0)
     p.update(overrides)
     out = make_particles(seed=rng, **p)
     out.params["cnr"] = float(cnr)

@@ -432,9 +432,13 @@ def _relpath(target: Path, start: Path) -> str:
 
 
 def set_to_labelme_dict(
-    aset: AnnotationSet, json_path: str | os.PathLike, embed_image: bool | str = "auto", holes: str = "polygon"
+    aset: AnnotationSet, json_path: str | os.PathLike, embed_image: bool | str = "auto", holes: str = "polygon",
+    png: tuple[bytes, tuple[int, int]] | None = None,
 ) -> dict[str, Any]:
-    """The LabelMe JSON object :func:`write_labelme` writes to ``json_path``."""
+    """The LabelMe JSON object :func:`write_labelme` writes to ``json_path``.
+
+    ``png``: the image file's 8-bit PNG as :func:`png8_bytes` returns it, when the caller
+    has already made it (used instead of encoding the file again)."""
     json_path = Path(json_path)
     if embed_image not in ("auto", True, False):
         raise ValueError("embed_image must be 'auto', True or False")
@@ -452,7 +456,7 @@ def set_to_labelme_dict(
                 hw = hw or image_size(img)
             else:
                 try:
-                    image_data, hw_png = png8_bytes(img)
+                    image_data, hw_png = png if png is not None else png8_bytes(img)
                 except NanodefectError:
                     if embed_image is True and aset.image_data is None:
                         raise
@@ -489,15 +493,16 @@ def set_to_labelme_dict(
 
 
 def write_labelme(
-    aset: AnnotationSet, path: str | os.PathLike, embed_image: bool | str = "auto", holes: str = "polygon"
+    aset: AnnotationSet, path: str | os.PathLike, embed_image: bool | str = "auto", holes: str = "polygon",
+    png: tuple[bytes, tuple[int, int]] | None = None,
 ) -> Path:
     """Write ``aset`` as a LabelMe JSON file atomically; returns the path.
 
     ``imagePath`` is relative to the JSON file's folder; ``embed_image`` and ``holes``
-    follow the rules in the module docstring.
+    follow the rules in the module docstring; ``png`` as in :func:`set_to_labelme_dict`.
     """
     path = Path(path)
-    data = set_to_labelme_dict(aset, path, embed_image=embed_image, holes=holes)
+    data = set_to_labelme_dict(aset, path, embed_image=embed_image, holes=holes, png=png)
     try:
         # pretty-print small files; big ones compactly (the C encoder is ~10x faster)
         return atomic_write_json(path, data, indent=2 if len(data.get("shapes", ())) <= 1000 else None)

@@ -450,13 +450,21 @@ def _kasa_diameter(lab_pts, y, x, my, mx, n) -> np.ndarray:
     return out
 
 
+#: rows per chunk in :func:`_edge_gaps` (its temporaries are rows x neighbours x 2·N_DIR
+#: float64: without chunks 0.8 GB for the 30 800 particles of an 8192² image)
+EDGE_GAP_CHUNK = 2048
+
+
 def _edge_gaps(h: np.ndarray, ids: np.ndarray, nbr: np.ndarray) -> np.ndarray:
     """Separating distance between the hulls of labels ``ids[:, None]`` and ``nbr``."""
-    hi = h[ids][:, None, :]
-    hj = h[nbr]
-    hj_opp = np.roll(hj, N_DIR, axis=2)  # h_j(u + π)
-    gap = np.max(-hj_opp - hi, axis=2)
-    return np.maximum(gap, 0.0)
+    out = np.empty(nbr.shape, np.float64)
+    for a in range(0, len(ids), EDGE_GAP_CHUNK):
+        b = a + EDGE_GAP_CHUNK
+        hi = h[ids[a:b]][:, None, :]
+        hj_opp = np.roll(h[nbr[a:b]], N_DIR, axis=2)  # h_j(u + π)
+        hj_opp += hi
+        np.max(np.negative(hj_opp, out=hj_opp), axis=2, out=out[a:b])
+    return np.maximum(out, 0.0, out=out)
 
 
 # --------------------------------------------------------------------------- public API
