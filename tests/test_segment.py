@@ -291,15 +291,23 @@ def test_seed_counting_in_bands_gives_the_same_instances(monkeypatch):
 
 def test_auto_scale_retries_smaller_scales_when_objects_cover_the_image(monkeypatch):
     """The probe (a central window) picks 2.0, where the whole image comes back as one
-    texture of objects (60 % covered); the next-best smaller probe scale (1.0) gives sparse
-    objects and is kept. A probe choice that is fine is left alone."""
+    texture of objects (60 % covered, thin cores); the next-best smaller probe scale (1.0)
+    gives sparse objects and is kept. A probe choice that is fine is left alone, and so is
+    a dense field of solid particles (60 % covered, half of it object cores)."""
     import napari_nanodefect.core.segment.predict as P
 
     model = _local_model()
     image = np.zeros((200, 200), np.float32)
     stats = [{"scale": c, "rank_score": r} for c, r in ((0.5, 0.2), (1.0, 0.5), (2.0, 1.0), (4.0, 0.8))]
     monkeypatch.setattr(P, "estimate_scale", lambda m, img: (2.0, [dict(st) for st in stats]))
-    monkeypatch.setattr(P, "predict_maps", lambda m, img, s, *a: (np.full(img.shape, s, np.float32), None, None))
+    core_rows = {"n": 0}  # rows of the distance map above the seed threshold
+
+    def maps(m, img, s, *a):
+        dist = np.zeros(img.shape, np.uint8)
+        dist[: core_rows["n"]] = 255
+        return np.full(img.shape, s, np.float32), dist, None
+
+    monkeypatch.setattr(P, "predict_maps", maps)
 
     def extract(fg, dist, cls, cfg, s):
         lab = np.zeros(fg.shape, np.int32)
@@ -317,6 +325,23 @@ def test_auto_scale_retries_smaller_scales_when_objects_cover_the_image(monkeypa
     monkeypatch.setattr(P, "estimate_scale", lambda m, img: (1.0, [dict(st) for st in stats]))
     pred = predict_array(model, image)
     assert pred.scale == 1.0 and "covered" not in pred.scale_source
+    # 60 % covered at 2.0 again, but 30 % of the image is object core: dense particles, kept
+    monkeypatch.setattr(P, "estimate_scale", lambda m, img: (2.0, [dict(st) for st in stats]))
+    core_rows["n"] = 60
+    pred = predict_array(model, image)
+    assert "covered" not in pred.scale_source  # no texture retry (the size check may still act)
+    # the same with cores on 10 % of the image: a texture, retried
+    core_rows["n"] = 20
+    pred = predict_array(model, image)
+    assert pred.scale == 1.0 and "covered 60% at 2" in pred.scale_source
+
+
+def test_plausible_coverage_rule():
+    from napari_nanodefect.core.segment.predict import plausible_coverage
+
+    assert plausible_coverage(0.25, 0.0)  # sparse: always
+    assert plausible_coverage(0.55, 0.20) and not plausible_coverage(0.55, 0.05)
+    assert not plausible_coverage(0.70, 0.60)  # beyond DENSE_MAX_COVERAGE: never
 
 
 def test_scale_probe_is_not_drawn_to_the_ends_of_a_flat_score_curve(monkeypatch):

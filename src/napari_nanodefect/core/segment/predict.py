@@ -13,7 +13,8 @@ Scale ``s`` (network pixels per image pixel):
 - else ``"auto"``: :func:`estimate_scale` probes a central window of the image at
   several scales (0.15x to 4x) and keeps the one where the model is most confident about
   the objects it finds (mean foreground probability inside objects, smoothed over
-  neighbouring scales, at least 4 objects); after the whole-image pass, if the median
+  neighbouring scales, at least 4 objects, not a texture read as packed objects: see
+  :func:`plausible_coverage`); after the whole-image pass, if the median
   object is still more than 1.5x larger than the trained size, one more pass at a
   smaller scale corrects it;
 - or a number given by the user.
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 
 from ..errors import NanodefectError
 from ..micrograph import Micrograph
-from .instances import extract_instances
+from .instances import _above, extract_instances
 from .model import LoadedModel
 
 ProgressFn = Callable[[int, int], None]
@@ -206,6 +207,25 @@ SCALE_PRIOR_SIGMA = 2.0
 #: automatic scale: a whole-image result with more of the image inside objects than this is
 #: taken as a wrong scale, and up to MAX_SCALE_RETRIES next-best probe scales are tried
 MAX_OBJECT_COVERAGE = 0.3
+#: ...unless the objects have solid cores: dense particle fields (35-45 % of the image in
+#: the synthetic training data, more where a model draws outlines a little wide) are
+#: accepted up to DENSE_MAX_COVERAGE when at least MIN_CORE_FRACTION of the object area
+#: is object core (distance map above the seed threshold). A texture read as packed
+#: particles at a wrong scale has thin cores (2-15 % of its area on the STEM test images)
+DENSE_MAX_COVERAGE = 0.65
+MIN_CORE_FRACTION = 0.2
+
+
+def plausible_coverage(coverage: float, core_coverage: float) -> bool:
+    """Whether objects covering ``coverage`` of an image (``core_coverage`` of it object
+    cores) look like particles rather than a background texture read as packed objects."""
+    if coverage <= MAX_OBJECT_COVERAGE:
+        return True
+    return coverage <= DENSE_MAX_COVERAGE and core_coverage >= MIN_CORE_FRACTION * coverage
+
+
+def _core_coverage(dist: np.ndarray, cfg) -> float:
+    return float(np.count_nonzero(_above(dist, cfg.seed_threshold))) / dist.size
 MAX_SCALE_RETRIES = 3
 
 
@@ -215,8 +235,8 @@ def estimate_scale(model: LoadedModel, image: np.ndarray, window: int = 448,
 
     A central window (``window`` network px) is segmented at each candidate scale; the
     score is ``mean_fg ** 8 * log(1 + n)`` (``mean_fg``: mean foreground probability inside
-    the ``n`` objects found; 0 with fewer than 4 objects, or when they cover more than
-    half the window), smoothed over neighbouring scales (zero beyond the candidate
+    the ``n`` objects found; 0 with fewer than 4 objects, or when their coverage of the
+    window is implausible, see :func:`plausible_coverage`), smoothed over neighbouring scales (zero beyond the candidate
     range), times a weak log-normal prior around the model's training scale
     (:data:`SCALE_PRIOR_SIGMA`). On the 20 STEM few-shot test images this lands within
     1.5x / 2x of the scale given by the annotated box sizes for 15 / 19 images with the
@@ -245,7 +265,8 @@ def estimate_scale(model: LoadedModel, image: np.ndarray, window: int = 448,
             # means the model is reading the background as objects at this scale
             # confident objects, and many of them: few big blobs at too small a scale,
             # or specks at too large a scale, both score low
-            score = float(mean_fg.mean()) ** 8 * math.log1p(n) if n >= 4 and coverage <= MAX_OBJECT_COVERAGE else 0.0
+            plausible = plausible_coverage(coverage, _core_coverage(dist, cfg)) if coverage > MAX_OBJECT_COVERAGE else True
+            score = float(mean_fg.mean()) ** 8 * math.log1p(n) if n >= 4 and plausible else 0.0
         stats.append({"scale": c, "count": n, "diameter_px": d_net, "score": score})
     sc = np.array([st["score"] for st in stats])
     ok = sc > 0
@@ -332,16 +353,18 @@ def predict_array(
     # right ones) the scale is wrong: try the probe's next-best smaller scales (then larger)
     # and keep the result with the least coverage
     cover = float(np.count_nonzero(labels)) / labels.size
-    while auto and backups and cover > MAX_OBJECT_COVERAGE:
+    good = not auto or cover <= MAX_OBJECT_COVERAGE or plausible_coverage(cover, _core_coverage(dist, cfg))
+    while auto and backups and not good:
         bad, s2 = s, backups.pop(0)
         t1 = time.perf_counter()
         fg2, dist2, cls2 = _maps(model, image, s2, batch_size, progress, tile_size, overlap, tta)
         labels2, cidx2 = _extract(fg2, dist2, cls2, cfg, s2)
         times["retry"] = times.get("retry", 0.0) + time.perf_counter() - t1
         cover2 = float(np.count_nonzero(labels2)) / labels2.size
+        good2 = plausible_coverage(cover2, _core_coverage(dist2, cfg))
         source += f"; objects covered {cover:.0%} at {bad:.3g}, {cover2:.0%} at {s2:.3g}"
-        if cover2 < cover:
-            s, fg, dist, cls, labels, cidx, cover = s2, fg2, dist2, cls2, labels2, cidx2, cover2
+        if good2 or cover2 < cover:
+            s, fg, dist, cls, labels, cidx, cover, good = s2, fg2, dist2, cls2, labels2, cidx2, cover2, good2
     if auto:
         d, n = _median_diameter(labels)
         if n >= 3 and np.isfinite(d):
