@@ -386,7 +386,7 @@ def fit(
         frac = (it / max_its) if max_its else (elapsed / time_budget_s)
         warm = min(1.0, (it + 1) / 10)
         for g in opt.param_groups:
-            g["lr"] = lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+            g["lr"] = lr * g.get("lr_scale", 1.0) * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
         b = {k: v.to(dev, non_blocking=True) for k, v in sampler.batch(batch_size).items()}
         x = b["image"].contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=dev.type == "cuda"):
