@@ -1,6 +1,7 @@
 """Train the shipped starter particle model (src/napari_nanodefect/models/starter-particles).
 
     python scripts/train_starter.py --minutes 25 [--out DIR] [--seed 0] [--init MODEL_DIR] [--lr 2e-3]
+                                    [--extra-clouds FRACTION]
 
 The shipped starter: 24.6 min from scratch (seed 0), then 24.6 min more with
 ``--init <that model> --lr 1e-3 --seed 1`` once the synthetic images had support clumps.
@@ -53,11 +54,16 @@ def median_d(labels: np.ndarray) -> float | None:
     return float(np.median(2 * np.sqrt(a / np.pi))) if a.size else None
 
 
-def synthetic_regions(n: int, seed: int, d0: float, max_side: int = 320) -> list:
+def synthetic_regions(n: int, seed: int, d0: float, max_side: int = 320, extra_clouds: float = 0.0) -> list:
+    """``extra_clouds``: the fraction of images given strong support clumps on top of those
+    random_micrograph draws itself (clouds 0.4-1.0 x a particle's peak)."""
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
-        s = random_micrograph(rng, shape=(256, 256))
+        over = {}
+        if extra_clouds and rng.random() < extra_clouds:
+            over = {"clouds": float(rng.uniform(0.4, 1.0)), "cloud_size": float(np.exp(rng.uniform(np.log(1.3), np.log(4.0))))}
+        s = random_micrograph(rng, shape=(256, 256), **over)
         d = median_d(s.labels)
         if d is None:
             continue
@@ -138,6 +144,8 @@ def main() -> None:
     ap.add_argument("--init", default=None,
                     help="start from this model folder's weights (e.g. the current starter) instead of a fresh network")
     ap.add_argument("--lr", type=float, default=2e-3, help="first round's learning rate (later rounds: lr / 2 / round)")
+    ap.add_argument("--extra-clouds", type=float, default=0.0,
+                    help="fraction of synthetic images given strong support clumps on top of random_micrograph's own")
     args = ap.parse_args()
     seed_everything(args.seed)
     dev = resolve_device(args.device)
@@ -157,7 +165,7 @@ def main() -> None:
     history = []
     per_round = args.minutes * 60 / args.rounds
     for rnd in range(args.rounds):
-        syn = synthetic_regions(args.synthetic, args.seed * 1000 + rnd, cfg.object_diameter_px)
+        syn = synthetic_regions(args.synthetic, args.seed * 1000 + rnd, cfg.object_diameter_px, extra_clouds=args.extra_clouds)
         regions = syn + real
         sampler = PatchSampler(regions, patch=128, seed=args.seed + rnd, scale_jitter=0.35, invert_p=0.5)
         lr = args.lr if rnd == 0 else args.lr / 2 / rnd
