@@ -108,6 +108,40 @@ def test_save_load_roundtrip_and_no_pickle(tmp_path):
     assert b"pickle" not in (tmp_path / "m" / "model.safetensors").read_bytes()[:200]
 
 
+def test_half_precision_save_keeps_batchnorm_statistics_and_large_values(tmp_path):
+    """float16 tops out at 65504: the shipped starter once had a decoder BatchNorm variance
+    of ~8e4 stored as inf, which silenced its channel (and made weight averages NaN)."""
+    from safetensors.torch import load_file
+
+    cfg = ModelConfig(**TINY)
+    m = build_model(cfg, encoder_weights=None)
+    bn = next(mod for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm2d))
+    with torch.no_grad():
+        bn.running_var[0] = 78500.0
+        bn.running_mean[0] = 1e-6 / 3  # below float16's resolution
+        conv = next(mod for mod in m.modules() if isinstance(mod, torch.nn.Conv2d))
+        conv.weight.view(-1)[0] = 1e5  # a weight that overflows float16 keeps its tensor float32
+    save_model(tmp_path / "h", m, cfg, half=True)
+    raw = load_file(str(tmp_path / "h" / "model.safetensors"))
+    ref = m.state_dict()
+    for k, v in raw.items():
+        if k.endswith(("running_mean", "running_var")) or k.endswith(".weight") and ref[k].abs().max() > 65504:
+            assert v.dtype == torch.float32, k
+            assert torch.equal(v, ref[k]), k
+        elif v.is_floating_point():
+            assert v.dtype == torch.float16, k
+        assert torch.isfinite(v.float()).all(), k
+    loaded = load_model(tmp_path / "h", device="cpu").module.state_dict()
+    for k, v in ref.items():
+        if v.is_floating_point():
+            assert torch.allclose(loaded[k], v, rtol=1e-3, atol=1e-3), k
+    assert float(loaded[next(k for k in ref if k.endswith("running_var"))][0]) == 78500.0
+    # the shipped starter itself holds only finite values
+    for k, v in load_model(device="cpu").module.state_dict().items():
+        if v.is_floating_point():
+            assert torch.isfinite(v).all(), k
+
+
 def test_bad_model_folders(tmp_path):
     with pytest.raises(NanodefectError, match="not found"):
         load_model(tmp_path / "nope")
@@ -433,3 +467,95 @@ def test_prediction_uses_a_batchnorm_fused_copy_with_the_same_output():
     # in training mode prediction would use the module itself
     m.module.train()
     assert m.inference_module() is m.module
+
+
+# -- contrast with the surroundings ---------------------------------------------------
+
+def _disks(shape, centres, r):
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    lab = np.zeros(shape, np.int32)
+    for k, (cy, cx) in enumerate(centres, 1):
+        lab[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = k
+    return lab
+
+
+def test_object_contrast_is_inside_minus_ring_mean():
+    from napari_nanodefect.core.segment.instances import object_contrast
+
+    lab = _disks((80, 120), [(20, 20), (20, 60), (60, 100)], 6)
+    img = np.full(lab.shape, 10.0)
+    img[lab == 1] = 30.0  # +20
+    img[lab == 2] = 4.0  # -6
+    # object 3 sits on a local patch of 16: its ring (3 px) lies inside the patch
+    img[45:76, 85:116] = 16.0
+    img[lab == 3] = 19.0  # +3 against its own surroundings, +9 against the image
+    c = object_contrast(lab, img, 3)
+    np.testing.assert_allclose(c, [20.0, -6.0, 3.0])
+    # packed: an object with no background within the ring has no contrast
+    packed = np.ones((10, 10), np.int32)
+    assert np.isnan(object_contrast(packed, np.zeros((10, 10)), 2)[0])
+
+
+def test_drop_reversed_contrast_keeps_the_majority_polarity_and_does_not_depend_on_bands(monkeypatch):
+    from napari_nanodefect.core.segment import instances as inst
+
+    centres = [(20 + 40 * i, 20 + 40 * j) for i in range(3) for j in range(4)]
+    lab = _disks((120, 160), centres, 8)
+    img = np.full(lab.shape, 100.0)
+    dark = {3, 7, 12}  # gaps between clumps read as objects: darker than their surroundings
+    for k in range(1, 13):
+        img[lab == k] = 60.0 if k in dark else 150.0 + k
+    out, keep = inst.drop_reversed_contrast(lab.copy(), img, 3)
+    assert keep.tolist() == [k not in dark for k in range(1, 13)]
+    assert out.max() == 9
+    # the survivors keep their pixels, renumbered in order
+    survivors = [k for k in range(1, 13) if k not in dark]
+    for new, old in enumerate(survivors, 1):
+        np.testing.assert_array_equal(out == new, lab == old)
+    # bright field: the same image inverted keeps the (now dark) particles
+    out2, keep2 = inst.drop_reversed_contrast(lab.copy(), 255.0 - img, 3)
+    assert keep2.tolist() == keep.tolist()
+    # band by band (3-row bands) gives the same
+    monkeypatch.setattr(inst, "SEED_BAND_PIXELS", 160 * 3)
+    out3, _ = inst.drop_reversed_contrast(lab.copy(), img, 3)
+    np.testing.assert_array_equal(out3, out)
+    # weak gaps outnumbering the particles (a clumpy support): the strongest quarter of the
+    # objects decides, so the 4 bright particles stay and the 8 faint dark gaps go
+    img4 = np.full(lab.shape, 100.0)
+    particles = {1, 6, 8, 11}
+    for k in range(1, 13):
+        img4[lab == k] = 180.0 if k in particles else 95.0
+    _, keep4 = inst.drop_reversed_contrast(lab.copy(), img4, 3)
+    assert keep4.tolist() == [k in particles for k in range(1, 13)]
+    # too few objects to tell: nothing is dropped
+    three = _disks((40, 120), [(20, 20), (20, 60), (20, 100)], 6)
+    img3 = np.where(three > 0, 0.0, 5.0)
+    img3[three == 3] = 9.0
+    assert inst.drop_reversed_contrast(three.copy(), img3, 3)[1].tolist() == [True, True, True]
+
+
+class PolarNet(torch.nn.Module):
+    """Finds blobs that differ from a 0.5 grey in either direction (a polarity-blind model)."""
+
+    def forward(self, x):
+        fg = torch.nn.functional.avg_pool2d((x - 0.5).abs(), 5, 1, 2, count_include_pad=False)
+        core = torch.nn.functional.avg_pool2d(fg, 9, 1, 4, count_include_pad=False)
+        return torch.cat([(fg - 0.2) * 40, (core - 0.3) * 40], dim=1)
+
+
+def test_prediction_drops_objects_of_the_minority_contrast():
+    centres = [(30 + 60 * i, 30 + 60 * j) for i in range(4) for j in range(5)]
+    lab = _disks((240, 300), centres, 10)
+    img = np.full(lab.shape, 0.5, np.float32)
+    dark = {2, 9, 15}
+    for k in range(1, 21):
+        img[lab == k] = 0.0 if k in dark else 1.0
+    img[0, 0], img[-1, -1] = 0.0, 1.0  # fixed normalisation range
+    model = LoadedModel(PolarNet().eval(), ModelConfig(min_area_px=4), None, torch.device("cpu"))
+    kept = predict_array(model, img, scale=1.0)
+    assert kept.count == 17
+    bright = np.isin(lab, [k for k in range(1, 21) if k not in dark])
+    assert match_instances(np.where(bright, lab, 0), kept.labels, 0.7)["f1"] == 1.0
+    assert "contrast" in kept.seconds
+    model.config.contrast_ring_px = 0  # off: every blob
+    assert predict_array(model, img, scale=1.0).count == 20

@@ -47,6 +47,9 @@ class ModelConfig:
     fg_threshold: float = 0.5
     seed_threshold: float = 0.5
     min_area_px: float = 20.0  #: network px; an object at the trained size has ~300
+    #: network px: ring around each object in which its contrast with the surroundings is
+    #: measured; objects of the image's minority contrast sign are dropped (0: keep all)
+    contrast_ring_px: float = 3.0
     encoder_weights: str | None = None
     training: dict[str, Any] = field(default_factory=dict)
     package_version: str = ""

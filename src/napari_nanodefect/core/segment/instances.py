@@ -16,6 +16,8 @@ from scipy import ndimage as ndi
 
 #: pixels per band when counting seeds (bounded memory on huge images)
 SEED_BAND_PIXELS = 4_000_000
+#: the contrast filter decides the particles' polarity from at least this many objects
+MIN_OBJECTS_FOR_POLARITY = 4
 
 
 def extract_instances(
@@ -82,6 +84,70 @@ def extract_instances(
     flat = labels.ravel()
     sums = np.stack([np.bincount(flat, weights=np.asarray(p).ravel(), minlength=n + 1)[1:] for p in class_prob])
     return labels, sums.argmax(axis=0)
+
+
+def object_contrast(labels: np.ndarray, image: np.ndarray, ring_px: int) -> np.ndarray:
+    """Per object (labels 1..n), the mean image value inside it minus the mean over a ring
+    of background pixels up to ``ring_px`` pixels around it (pixels of other objects are
+    not ring; a background pixel near several objects counts for the highest label).
+    NaN where an object has no ring pixel (packed among others). Computed in row bands:
+    memory stays a few band-sized arrays, whatever the image size."""
+    labels = np.asarray(labels)
+    n = int(labels.max()) if labels.size else 0
+    if n == 0:
+        return np.zeros(0)
+    if image.shape != labels.shape:
+        raise ValueError(f"image shape {image.shape} differs from labels shape {labels.shape}")
+    g = max(1, int(ring_px))
+    H, W = labels.shape
+    band = max(1, SEED_BAND_PIXELS // max(W, 1))
+    obj_sum = np.zeros(n + 1)
+    obj_cnt = np.zeros(n + 1)
+    ring_sum = np.zeros(n + 1)
+    ring_cnt = np.zeros(n + 1)
+    for r0 in range(0, H, band):
+        r1 = min(r0 + band, H)
+        a0, a1 = max(r0 - g, 0), min(r1 + g, H)
+        lab = labels[a0:a1]
+        near = ndi.maximum_filter(lab, size=2 * g + 1, mode="constant", cval=0)[r0 - a0 : r1 - a0]
+        lab = lab[r0 - a0 : r1 - a0].ravel()
+        img = np.asarray(image[r0:r1], dtype=np.float64).ravel()
+        obj_sum += np.bincount(lab, weights=img, minlength=n + 1)
+        obj_cnt += np.bincount(lab, minlength=n + 1)
+        ring = (lab == 0) & (near.ravel() > 0)
+        ring_sum += np.bincount(near.ravel()[ring], weights=img[ring], minlength=n + 1)
+        ring_cnt += np.bincount(near.ravel()[ring], minlength=n + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (obj_sum / obj_cnt - ring_sum / ring_cnt)[1:]
+
+
+def drop_reversed_contrast(labels: np.ndarray, image: np.ndarray, ring_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """Remove objects whose contrast with their surroundings (:func:`object_contrast`) has
+    the opposite sign to the image's particles: in a HAADF image, an "object" darker than
+    its own surroundings is a gap between bright support clumps, not a particle (and vice
+    versa in bright field). The particles' sign is that of the median contrast of the
+    most contrasted quarter of the objects (weak gaps can outnumber the particles, as on a
+    clumpy W/C support; they rarely outshine them). Objects without a ring are kept, and
+    so is everything with fewer than :data:`MIN_OBJECTS_FOR_POLARITY` measurable objects or
+    a zero median. Returns ``(labels, keep)``: labels renumbered 1..m in place, ``keep`` a
+    boolean mask over the old labels 1..n."""
+    c = object_contrast(labels, image, ring_px)
+    keep = np.ones(c.size, bool)
+    finite = np.isfinite(c)
+    if finite.sum() >= MIN_OBJECTS_FOR_POLARITY:
+        cf = c[finite]
+        strongest = cf[np.argsort(-np.abs(cf), kind="stable")[: int(np.ceil(cf.size / 4))]]
+        polarity = np.sign(np.median(strongest))
+        if polarity != 0:
+            keep = ~finite | (polarity * c > 0)
+    if keep.all():
+        return labels, keep
+    lut = np.zeros(c.size + 1, np.int32)
+    lut[1:][keep] = np.arange(1, int(keep.sum()) + 1)
+    band = max(1, SEED_BAND_PIXELS // max(labels.shape[1], 1))
+    for r0 in range(0, labels.shape[0], band):
+        labels[r0:r0 + band] = lut[labels[r0:r0 + band]]
+    return labels, keep
 
 
 def _above(a: np.ndarray, threshold: float) -> np.ndarray:

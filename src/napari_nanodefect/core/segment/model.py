@@ -157,7 +157,9 @@ def save_model(folder: str | os.PathLike, module: torch.nn.Module, config: Model
     """Write ``model.safetensors`` + ``config.json`` into ``folder`` atomically.
 
     ``half=True`` stores floating-point weights as float16 (half the file size, used for
-    the shipped starter model); loading casts them back into the float32 model.
+    the shipped starter model); loading casts them back into the float32 model. BatchNorm
+    running statistics, and any tensor with a value float16 cannot hold (beyond
+    +-65504), stay float32: a variance rounded to ``inf`` would silence its channel.
 
     Both files are written into a temporary sibling folder which then replaces ``folder``,
     so an interrupted save never leaves a half-written model.
@@ -165,8 +167,19 @@ def save_model(folder: str | os.PathLike, module: torch.nn.Module, config: Model
     config.package_version = __version__
     state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
     if half:
-        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        state = {k: _half_if_safe(k, v) for k, v in state.items()}
     return write_weights_folder(folder, state, config.dumps(), {"format": "napari-nanodefect-model"})
+
+
+def _half_if_safe(key: str, tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` as float16 when that loses only precision; float32 for BatchNorm running
+    statistics and for tensors whose values overflow float16."""
+    if not tensor.is_floating_point() or key.endswith(("running_mean", "running_var")):
+        return tensor
+    h = tensor.half()
+    if bool(torch.isfinite(h).all()) or not bool(torch.isfinite(tensor).all()):
+        return h
+    return tensor
 
 
 def write_weights_folder(folder: str | os.PathLike, state: dict, config_text: str, metadata: dict[str, str],

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from ..errors import NanodefectError
 from ..micrograph import Micrograph
-from .instances import _above, extract_instances
+from .instances import _above, drop_reversed_contrast, extract_instances
 from .model import LoadedModel
 
 ProgressFn = Callable[[int, int], None]
@@ -380,6 +380,11 @@ def predict_array(
                 times["second_pass"] = time.perf_counter() - t1
                 source += f"; objects measured {d:.1f} px, re-run at {s2:.3g}"
                 s = s2
+    if cfg.contrast_ring_px > 0 and labels.max() > 0:
+        t1 = time.perf_counter()
+        labels, keep = drop_reversed_contrast(labels, image, max(2, int(round(cfg.contrast_ring_px / s))))
+        cidx = np.asarray(cidx)[keep]
+        times["contrast"] = time.perf_counter() - t1
     names = cfg.classes
     classes = {i + 1: names[int(c)] if len(names) > 1 else names[0] for i, c in enumerate(cidx)}
     return Prediction(labels=labels, classes=classes, scale=s, scale_source=source,
