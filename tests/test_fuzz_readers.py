@@ -93,3 +93,20 @@ def test_mutated_files_read_or_fail_cleanly(tmp_path, name, edits, cut):
 @given(blob=st.binary(max_size=2048), suffix=st.sampled_from([".tif", ".png", ".dm3", ".dm4", ".ser", ".emi", ".img", ".txt", ".bmp"]))
 def test_random_bytes(tmp_path, blob, suffix):
     _check(tmp_path, "random" + suffix, blob)
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_tiff_declaring_a_huge_image_in_a_few_bytes_is_refused_before_allocating(tmp_path, compression):
+    """A fuzzed width/height once made tifffile allocate ~16 GiB and zero-fill it (CI ran
+    out of memory). 50000 x 60000 uint16 declared, ~1 kB stored: refused at once."""
+    import time
+
+    path = tmp_path / "huge.tif"
+    tifffile.imwrite(path, np.arange(480, dtype=np.uint16).reshape(24, 20), compression=compression)
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        tif.pages[0].tags["ImageWidth"].overwrite(60000)
+        tif.pages[0].tags["ImageLength"].overwrite(50000)
+    t0 = time.perf_counter()
+    with pytest.raises(NanodefectError, match=r"declares a \(50000, 60000\) image .* holds only \d+ bytes"):
+        read_image(path)
+    assert time.perf_counter() - t0 < 2.0  # nothing was decoded

@@ -33,6 +33,11 @@ from .hitachi import read_hitachi_sidecar
 
 #: largest analysed plane we allocate (bytes); override with NANODEFECT_MAX_IMAGE_BYTES
 MAX_IMAGE_BYTES = int(os.environ.get("NANODEFECT_MAX_IMAGE_BYTES", 16 * 2**30))
+#: decoded bytes per stored byte beyond which a page is taken as corrupt (deflate tops out
+#: at ~1032:1, LZW at ~1400:1; only a near-constant image in zstd/LZMA could go further),
+#: checked for pages over MIN_RATIO_CHECK_BYTES
+MAX_DECODE_RATIO = 10_000
+MIN_RATIO_CHECK_BYTES = 64 * 2**20
 
 #: dpi values written by default by imaging software; they are not a physical scale
 DEFAULT_DPI = {1.0, 72.0, 96.0, 100.0, 120.0, 150.0, 200.0, 240.0, 300.0, 400.0, 600.0, 1200.0}
@@ -320,6 +325,12 @@ def _check_size(page: tifffile.TiffPage, path: Path) -> None:
         raise NanodefectError(
             f"the image would need {nbytes / 2**30:.1f} GiB (limit {MAX_IMAGE_BYTES / 2**30:.0f} GiB, "
             "set NANODEFECT_MAX_IMAGE_BYTES to raise it)", path)
+    stored = sum(int(c) for c in page.databytecounts) if page.databytecounts else 0
+    if nbytes > MIN_RATIO_CHECK_BYTES and nbytes > MAX_DECODE_RATIO * stored:
+        # a corrupt width/height: tifffile would allocate the declared size and zero-fill it
+        raise NanodefectError(
+            f"the header declares a {page.shape} image ({nbytes / 2**20:.0f} MiB) but the file holds only "
+            f"{stored} bytes of image data: corrupt", path)
     if page.compression == tifffile.COMPRESSION.NONE and page.dataoffsets:
         end = max(int(o) + int(c) for o, c in zip(page.dataoffsets, page.databytecounts))
         if end > path.stat().st_size:
