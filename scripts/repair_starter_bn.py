@@ -59,7 +59,8 @@ def main() -> None:
 
     handles = [bn.register_forward_pre_hook(hook_for(name)) for name, bn in bad.items()]
     d0 = m.config.object_diameter_px
-    regions = synthetic_regions(120, args.seed, d0) + real_regions(d0, 0)
+    bs = m.config.background_size  # the model's own input flattening
+    regions = synthetic_regions(120, args.seed, d0, background_size=bs) + real_regions(d0, 0, background_size=bs)
     sampler = PatchSampler(regions, patch=128, seed=args.seed, scale_jitter=0.35, invert_p=0.5)
     with torch.inference_mode():
         for _ in range(args.batches):

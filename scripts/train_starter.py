@@ -37,6 +37,7 @@ from conftest import REAL  # noqa: E402
 
 from napari_nanodefect.core.annotations import labels_to_set, objects_to_labels, read_coco  # noqa: E402,F401
 from napari_nanodefect.core.io import read_image  # noqa: E402
+from napari_nanodefect.core.segment.background import estimate_background  # noqa: E402
 from napari_nanodefect.core.segment.config import ModelConfig  # noqa: E402
 from napari_nanodefect.core.segment.data import PatchSampler, region_from_labels  # noqa: E402
 from napari_nanodefect.core.segment.model import build_model, resolve_device, save_model  # noqa: E402
@@ -54,7 +55,17 @@ def median_d(labels: np.ndarray) -> float | None:
     return float(np.median(2 * np.sqrt(a / np.pi))) if a.size else None
 
 
-def synthetic_regions(n: int, seed: int, d0: float, max_side: int = 320, extra_clouds: float = 0.0) -> list:
+def flattened(img: np.ndarray, d_img: float, background_size: float) -> np.ndarray:
+    """The image minus its support (core.segment.background, median filter
+    ``background_size`` particle diameters wide), as the model will see it; unchanged
+    when ``background_size`` is 0. Computed on the whole image before any cropping."""
+    if not background_size:
+        return img
+    return estimate_background(img, d_img, None, background_size).subtract(img)
+
+
+def synthetic_regions(n: int, seed: int, d0: float, max_side: int = 320, extra_clouds: float = 0.0,
+                      background_size: float = 0.0) -> list:
     """``extra_clouds``: the fraction of images given strong support clumps on top of those
     random_micrograph draws itself (clouds 0.4-1.0 x a particle's peak)."""
     rng = np.random.default_rng(seed)
@@ -68,7 +79,7 @@ def synthetic_regions(n: int, seed: int, d0: float, max_side: int = 320, extra_c
         if d is None:
             continue
         scale = float(np.clip(d0 / d, 0.3, 4.0))
-        img, lab = s.image, s.labels
+        img, lab = flattened(s.image, d0 / scale, background_size), s.labels
         side = int(max_side / scale)
         if side < img.shape[0]:  # keep scaled regions small: crop before upscaling
             y0, x0 = rng.integers(0, img.shape[0] - side + 1, size=2)
@@ -78,13 +89,14 @@ def synthetic_regions(n: int, seed: int, d0: float, max_side: int = 320, extra_c
 
 
 def tiles(img: np.ndarray, lab: np.ndarray, d0: float, name: str, rng: np.random.Generator,
-          per_image: int = 8, side: int = 384) -> list:
+          per_image: int = 8, side: int = 384, background_size: float = 0.0) -> list:
     """Up to ``per_image`` random tiles (``side`` px after scaling) of one labelled image;
     every fourth tile holds validation cells."""
     d = median_d(lab)
     if not d:
         return []
     scale = d0 / d
+    img = flattened(img, d0 / scale, background_size)
     t = max(32, int(side / scale))
     H, W = img.shape
     out = []
@@ -99,7 +111,7 @@ def tiles(img: np.ndarray, lab: np.ndarray, d0: float, name: str, rng: np.random
     return out
 
 
-def real_regions(d0: float, seed: int = 0) -> list:
+def real_regions(d0: float, seed: int = 0, background_size: float = 0.0) -> list:
     rng = np.random.default_rng(seed)
     regions = []
     creme = REAL / "creme" / "data" / "ds25s" / "fov200nm" / "clean.json"
@@ -107,7 +119,7 @@ def real_regions(d0: float, seed: int = 0) -> list:
         for aset in read_coco(creme):
             img = read_image(aset.resolve_image_path(), detect_scale_bar=False).data
             lab = objects_to_labels(aset.objects, img.shape).labels
-            regions += tiles(img, lab, d0, f"creme/{aset.image_path}", rng, per_image=2)
+            regions += tiles(img, lab, d0, f"creme/{aset.image_path}", rng, per_image=2, background_size=background_size)
     ti = REAL / "insitu-TEM-annealing-Ti" / "Polygon Annotation Analysis"
     for txt in sorted((ti / "Annotation Data New").glob("*.txt")) if ti.exists() else []:
         jpg = ti / "Raw Images" / (txt.stem + ".jpg")
@@ -115,7 +127,7 @@ def real_regions(d0: float, seed: int = 0) -> list:
             continue
         img = read_image(jpg, detect_scale_bar=False, detect_info_bar=False).data
         lab = yolo_polygons_to_labels(txt, img.shape)
-        regions += tiles(img, lab, d0, f"insitu/{jpg.name}", rng, per_image=8)
+        regions += tiles(img, lab, d0, f"insitu/{jpg.name}", rng, per_image=8, background_size=background_size)
     return regions
 
 
@@ -146,10 +158,13 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3, help="first round's learning rate (later rounds: lr / 2 / round)")
     ap.add_argument("--extra-clouds", type=float, default=0.0,
                     help="fraction of synthetic images given strong support clumps on top of random_micrograph's own")
+    ap.add_argument("--background-size", type=float, default=3.0,
+                    help="subtract the support (median filter this many particle diameters wide) before "
+                         "normalising, as the model will at prediction; 0: global normalisation only")
     args = ap.parse_args()
     seed_everything(args.seed)
     dev = resolve_device(args.device)
-    cfg = ModelConfig(classes=["particle"])
+    cfg = ModelConfig(classes=["particle"], background_size=max(args.background_size, 0.0))
     module = build_model(cfg, encoder_weights="auto")
     init_history = None
     if args.init:
@@ -160,12 +175,13 @@ def main() -> None:
         init_history = (read_config(args.init).training or {})
         del base
     t0 = time.perf_counter()
-    real = real_regions(cfg.object_diameter_px, args.seed)
+    real = real_regions(cfg.object_diameter_px, args.seed, cfg.background_size)
     print(f"real regions: {len(real)} ({', '.join(sorted({r.name.split('/')[0] for r in real})) or 'none'})", flush=True)
     history = []
     per_round = args.minutes * 60 / args.rounds
     for rnd in range(args.rounds):
-        syn = synthetic_regions(args.synthetic, args.seed * 1000 + rnd, cfg.object_diameter_px, extra_clouds=args.extra_clouds)
+        syn = synthetic_regions(args.synthetic, args.seed * 1000 + rnd, cfg.object_diameter_px, extra_clouds=args.extra_clouds,
+                                background_size=cfg.background_size)
         regions = syn + real
         sampler = PatchSampler(regions, patch=128, seed=args.seed + rnd, scale_jitter=0.35, invert_p=0.5)
         lr = args.lr if rnd == 0 else args.lr / 2 / rnd
@@ -189,6 +205,7 @@ def main() -> None:
         "data": "synthetic (random_micrograph) + creme + insitu-TEM-annealing-Ti (MIT); stem-catalyst excluded",
         "rounds": history,
         "n_real_regions": len(real),
+        "background_size": cfg.background_size,
     }
     if args.init:
         cfg.training["initialised_from"] = {"folder": str(args.init), "training": init_history}

@@ -150,7 +150,8 @@ def cmd_train(args: argparse.Namespace) -> int:
               flush=True)
 
     res = train(args.annotations, args.out, base=base, images=args.images, time_budget_s=budget, epochs=args.epochs,
-                device=args.device, seed=args.seed, progress=None if args.quiet else report)
+                device=args.device, seed=args.seed, progress=None if args.quiet else report,
+                background_size=args.background_size)
     s = res.summary
     print(f"saved {res.path}: {s['iterations']} iterations in {s['loop_seconds']:.1f} s on {s['device']}, "
           f"best val loss {s['best_val_loss'] if s['best_val_loss'] is None else round(s['best_val_loss'], 4)}, "
@@ -473,6 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from this model (default: the shipped starter; 'none' = a new model)")
     s.add_argument("--images", default=None, metavar="DIR", help="folder of the images a COCO file refers to")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--background-size", type=float, default=None, metavar="D",
+                   help="particles: subtract the support (median filter D particle diameters wide) before "
+                        "normalising; default: the base model's setting (the starter's); 0 = off")
     s.add_argument("--classes", default=None, metavar="A,B,...",
                    help="defects/classify: class names in order (default: the labels found)")
     s.add_argument("--line-width-nm", type=float, default=None, metavar="NM",

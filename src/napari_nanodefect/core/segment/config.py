@@ -42,6 +42,9 @@ class ModelConfig:
     pixel_size_nm: float | None = None
     train_scale: float = 1.0
     normalisation: dict[str, float] = field(default_factory=lambda: {"low_percentile": 0.5, "high_percentile": 99.5})
+    #: support flattening before normalisation (core.segment.background): the width of the
+    #: median filter in particle diameters (object_diameter_px / scale image px); 0 = off
+    background_size: float = 0.0
     tile_size: int = 512  #: largest tile (network px); tiles are spread evenly over the image
     tile_overlap: int = 64
     fg_threshold: float = 0.5

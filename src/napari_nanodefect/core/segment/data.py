@@ -24,7 +24,8 @@ from scipy import ndimage as ndi
 
 from ..annotations import AnnotationSet, objects_to_labels
 from ..errors import NanodefectError
-from .predict import normalise, robust_range
+from .background import Background
+from .predict import flat_range, normalise, robust_range
 
 
 @dataclass
@@ -79,10 +80,14 @@ def build_regions(
     val_fraction: float = 0.2,
     cell_px: int = 64,
     seed: int = 0,
+    background: Background | None = None,
 ) -> list[Region]:
-    """Regions (one per crop, or the whole image) of one annotated image, rescaled by ``scale``."""
+    """Regions (one per crop, or the whole image) of one annotated image, rescaled by ``scale``.
+    ``background``: the support field to subtract first (core.segment.background)."""
     H, W = image.shape
-    lo, hi = robust_range(image)
+    lo, hi = flat_range(image, background)
+    if background is not None:
+        image = background.subtract(image)
     li = objects_to_labels(aset.objects, (H, W))
     inst = li.labels.astype(np.int32)
     obj_cls = np.full(int(inst.max()) + 1, -1, np.int64)

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from ..errors import NanodefectError
 from ..micrograph import Micrograph
+from .background import Background, estimate_background
 from .instances import _above, drop_reversed_contrast, extract_instances
 from .model import LoadedModel
 
@@ -75,6 +76,25 @@ def robust_range(image: np.ndarray, low: float = 0.5, high: float = 99.5, max_sa
         if not hi > lo:
             hi = lo + 1.0
     return float(lo), float(hi)
+
+
+def support_background(cfg, image: np.ndarray, scale: float) -> Background | None:
+    """The support field a model with ``background_size`` > 0 subtracts at ``scale``
+    (particles of ``object_diameter_px / scale`` image px), or None."""
+    if not (cfg.background_size and cfg.background_size > 0):
+        return None
+    return estimate_background(image, cfg.object_diameter_px / max(scale, 1e-6), None, cfg.background_size)
+
+
+def flat_range(image: np.ndarray, bg: Background | None, low: float = 0.5, high: float = 99.5,
+               max_samples: int = 1_000_000) -> tuple[float, float]:
+    """:func:`robust_range` of ``image`` minus ``bg`` (on the same regular subsample)."""
+    if bg is None:
+        return robust_range(image, low, high, max_samples)
+    step = max(1, int(math.sqrt(image.size / max_samples)))
+    H, W = image.shape
+    sub = np.asarray(image[::step, ::step], np.float32) - bg.sample(np.arange(0, H, step), np.arange(0, W, step))
+    return robust_range(sub, low, high, max_samples)
 
 
 def normalise(tile: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -132,7 +152,8 @@ def predict_maps(
     (ys, th), (xs, tw) = _even_tiles(H, t_in, o_in), _even_tiles(W, t_in, o_in)
     wy, wx = _window(th, o_in if len(ys) > 1 else 0), _window(tw, o_in if len(xs) > 1 else 0)
     win = np.outer(wy, wx)
-    lo, hi = robust_range(image, cfg.normalisation.get("low_percentile", 0.5), cfg.normalisation.get("high_percentile", 99.5))
+    bg = support_background(cfg, image, scale)
+    lo, hi = flat_range(image, bg, cfg.normalisation.get("low_percentile", 0.5), cfg.normalisation.get("high_percentile", 99.5))
     n_cls = len(cfg.classes) if len(cfg.classes) > 1 else 0
     n_ch = 2 + n_cls
     fg_out = np.zeros((H, W), np.uint8)
@@ -174,6 +195,8 @@ def predict_maps(
         batch: list[tuple[int, np.ndarray]] = []
         for i, x in enumerate(xs):
             tile = image[y : y + th, x : x + tw]
+            if bg is not None:
+                tile = bg.subtract(tile, y, x)
             batch.append((x, normalise(tile, lo, hi)))
             if len(batch) == batch_size or i == len(xs) - 1:
                 arr = torch.from_numpy(np.stack([b[1] for b in batch])[:, None]).to(dev)

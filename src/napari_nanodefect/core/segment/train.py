@@ -28,6 +28,7 @@ from ..errors import NanodefectError
 from .config import ModelConfig
 from .data import PatchSampler, Region, build_regions
 from .instances import extract_instances
+from .predict import support_background
 from .model import LoadedModel, adapt_state, build_model, default_model_dir, load_model, resolve_device, save_model
 
 
@@ -252,6 +253,7 @@ def train(
     config: ModelConfig | None = None,
     progress: Callable[[TrainProgress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    background_size: float | None = None,
 ) -> TrainResult:
     """Train a particle model on annotated crops; see the module docstring.
 
@@ -261,6 +263,9 @@ def train(
     iterations as it takes to draw the annotated training area ~4 times in patches.
     ``progress`` is called after each validation; ``should_stop()`` returning True
     cancels: the best checkpoint so far is kept and saved.
+    ``background_size``: subtract the support before normalising (a median filter this
+    many particle diameters wide; core.segment.background); None keeps the base model's
+    setting (the starter's), 0 turns it off.
     """
     t_start = time.perf_counter()
     seed_everything(seed)
@@ -285,10 +290,13 @@ def train(
     cfg.pixel_size_nm = train_ps
     cfg.train_scale = float(np.median(scales))
     class_ids = {n: i for i, n in enumerate(names)}
+    if background_size is not None:
+        cfg.background_size = max(float(background_size), 0.0)
     regions: list[Region] = []
     for i, (it, s) in enumerate(zip(items, scales)):
+        bg = support_background(cfg, it.image, s)
         regions += build_regions(it.annotations, it.image, class_ids, s, margin_px=patch // 4,
-                                 val_fraction=val_fraction, seed=seed + i)
+                                 val_fraction=val_fraction, seed=seed + i, background=bg)
     sampler = PatchSampler(regions, patch=patch, seed=seed, scale_jitter=scale_jitter, invert_p=invert_p)
 
     module = build_model(cfg, encoder_weights=None if base_model is not None else "auto")
