@@ -12,6 +12,7 @@ from napari_nanodefect.core.segment import ModelConfig
 from napari_nanodefect.core.segment.background import estimate_background
 from napari_nanodefect.core.segment.model import LoadedModel
 from napari_nanodefect.core.segment.predict import predict_array
+from test_segment import LocalNet  # the local analytic "network" (tests/test_segment.py)
 
 
 def _disks_on_support(shape=(300, 400), r=10, height=0.3, step=60):
@@ -58,17 +59,8 @@ def test_background_windows_equal_whole_and_coarse_grid_is_bounded():
         estimate_background(img, 20, "grey")
 
 
-class _LocalNet(torch.nn.Module):
-    """fg: thresholded 5x5 mean (a particle on a flat support is 'high'); dist from a 9x9 mean."""
-
-    def forward(self, x):
-        fg = torch.nn.functional.avg_pool2d(x, 5, 1, 2, count_include_pad=False)
-        core = torch.nn.functional.avg_pool2d(fg, 9, 1, 4, count_include_pad=False)
-        return torch.cat([(fg - 0.45) * 40, (core - 0.62) * 40], dim=1)
-
-
 def _model(**cfg):
-    return LoadedModel(_LocalNet().eval(), ModelConfig(**cfg), None, torch.device("cpu"))
+    return LoadedModel(LocalNet().eval(), ModelConfig(**cfg), None, torch.device("cpu"))
 
 
 def test_flattening_finds_particles_on_a_bright_bump_and_tiles_agree():
