@@ -403,6 +403,61 @@ def test_scale_probe_is_not_drawn_to_the_ends_of_a_flat_score_curve(monkeypatch)
         assert s == nearest
 
 
+def test_polarity_coherence_is_the_signed_share_of_object_contrast():
+    from napari_nanodefect.core.segment.predict import polarity_coherence
+
+    img = np.zeros((60, 200), np.float32)
+    lab = np.zeros(img.shape, np.int32)
+    heights = [1.0, 1.0, 1.0, -1.0, 0.5]
+    for k, h in enumerate(heights):
+        sl = (slice(20, 30), slice(20 + 35 * k, 30 + 35 * k))
+        img[sl], lab[sl] = h, k + 1
+    # contrasts +1, +1, +1, -1, +0.5 against a zero ring: |2.5| / 4.5
+    assert polarity_coherence(lab, img, 3) == pytest.approx(2.5 / 4.5)
+    assert polarity_coherence(lab, -img, 3) == pytest.approx(2.5 / 4.5)
+    lab[lab == 4] = 0  # the dark one gone: all bright
+    assert polarity_coherence(lab, img, 3) == pytest.approx(1.0)
+    assert polarity_coherence(np.ones_like(lab), img, 3) == 1.0  # no ring: nothing to judge
+
+
+def test_scale_probe_rejects_objects_of_both_polarities(monkeypatch):
+    """At the large candidate scales the (fake) model finds bright and dark blobs alike,
+    and more confidently (a texture read as particles) than the bright blobs alone it finds
+    at the small scales. Without the polarity coherence the probe picks a large scale; with
+    it those scales score near 0."""
+    import napari_nanodefect.core.segment.predict as P
+
+    H = W = 600
+    yy, xx = np.mgrid[:H, :W]
+    img = np.zeros((H, W), np.float32)
+    for cy in range(7, H, 14):
+        for cx in range(7, W, 14):
+            sign = 1.0 if ((cy // 14) + (cx // 14)) % 3 == 0 else -1.0  # 1 bright : 2 dark
+            img[(yy - cy) ** 2 + (xx - cx) ** 2 <= 9] = sign
+    seen = {}
+
+    def maps(m, crop, c, *a):
+        seen["crop"], seen["c"] = crop, c
+        fg = 240 if c > 1.9 else 200
+        return np.full(crop.shape, fg, np.uint8), np.full(crop.shape, 255, np.uint8), None
+
+    def inst(fg, dist, *a):
+        crop = seen["crop"]
+        blobs = np.abs(crop) > 0.5 if seen["c"] > 1.9 else crop > 0.5
+        return ndi.label(blobs)[0].astype(np.int32), None
+
+    monkeypatch.setattr(P, "predict_maps", maps)
+    monkeypatch.setattr(P, "extract_instances", inst)
+    model = _local_model(train_scale=1.0, min_area_px=1)
+    s, stats = P.estimate_scale(model, img)
+    assert s < 1.9
+    by = {round(st["scale"], 2): st for st in stats}
+    assert by[2.07]["coherence"] < 0.5 and by[1.08]["coherence"] == pytest.approx(1.0)
+    assert by[2.07]["score"] < 0.1 * by[1.08]["score"]
+    monkeypatch.setattr(P, "COHERENCE_POWER", 0)  # the same probe without the coherence
+    assert P.estimate_scale(model, img)[0] > 1.9
+
+
 def test_tta_maps_are_the_mean_of_four_views_and_flip_with_the_image():
     from napari_nanodefect.core.segment.predict import _maps, predict_maps
 
