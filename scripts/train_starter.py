@@ -191,9 +191,10 @@ def main() -> None:
             print(f"  it {p.iteration:5d}  train {p.train_loss:.3f}  val {p.val_loss if p.val_loss is None else round(p.val_loss, 3)}"
                   f"  valF1 {p.val_f1 if p.val_f1 is None else round(p.val_f1, 3)}  {p.elapsed_s:5.0f}s", flush=True)
 
-        module, hist, it, best_it, best_loss, best_f1, _, _, _ = fit(
+        # keep="best": how the shipped starter was made (before "auto" became the default)
+        module, hist, it, best_it, best_loss, best_f1, _, _, _, _ = fit(
             module, cfg, regions, sampler, dev, lr=lr, batch_size=8, patch=128, time_budget_s=per_round,
-            patience=10**6, validate_every_s=60.0, progress=report)
+            patience=10**6, validate_every_s=60.0, progress=report, keep="best")
         history.append({"round": rnd + 1, "iterations": it, "best_val_loss": best_loss, "best_val_f1": best_f1})
     cfg.train_scale = 1.0
     cfg.pixel_size_nm = None

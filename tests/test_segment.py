@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -245,6 +246,27 @@ def test_train_tiny_model_saves_config_reports_progress_and_cancels(tmp_path):
                  patch=64, validate_every_s=0.0, progress=calls.append, should_stop=lambda: len(calls) >= 1)
     assert res2.cancelled and res2.summary["iterations"] < 50 * res2.summary["iterations_per_epoch"]
     assert (tmp_path / "m2" / "model.safetensors").exists()
+    assert res2.summary["kept"] == "best" and res.summary["kept"] == "last"  # budget reached: final weights
+
+
+def test_budget_runs_keep_their_final_weights_unless_asked_for_the_best(tmp_path):
+    s = make_particles(shape=(256, 256), n=40, seed=3)
+    item = TrainingImage(_crop_set(s, [Crop(0, 0, 256, 256)]), s.image, None)
+    kw = dict(base=None, config=ModelConfig(**TINY), epochs=2, batch_size=4, patch=64, validate_every_s=0.0,
+              patience=10**6, seed=2)
+    runs = {k: train([item], None, keep=k, **{**kw, "config": ModelConfig(**TINY)}) for k in ("auto", "last", "best")}
+    st = {k: r.model.module.state_dict() for k, r in runs.items()}
+    assert runs["auto"].summary["kept"] == runs["last"].summary["kept"] == "last"
+    assert runs["best"].summary["kept"] == "best"
+    assert all(torch.equal(st["auto"][k], st["last"][k]) for k in st["auto"])  # same seed, same final state
+    summ = runs["best"].summary
+    assert summ["final_val_loss"] == pytest.approx(runs["best"].history[-1].val_loss)
+    assert summ["best_val_loss"] == pytest.approx(min(h.val_loss for h in runs["best"].history))
+    # the validation loss is noisy: the best check falls before the end here, so "best" rolled back
+    assert summ["best_iteration"] < summ["iterations"]
+    assert not all(torch.equal(st["best"][k], st["last"][k]) for k in st["best"])
+    with pytest.raises(ValueError, match="keep"):
+        train([item], None, keep="median", **kw)
 
 
 def test_train_is_deterministic_with_a_seed(tmp_path):
@@ -297,6 +319,7 @@ def test_early_stopping_stops_when_validation_stalls(tmp_path):
                 validate_every_s=0.0, patience=2, lr=1e-9)  # a learning rate too small to improve anything
     assert res.summary["iterations"] < 100 * res.summary["iterations_per_epoch"]
     assert len(res.history) >= 3 and not any(h.improved for h in res.history[-2:])
+    assert res.summary["kept"] == "last"  # stopped early by itself: the final weights (see fit)
 
 
 def test_seed_counting_in_bands_gives_the_same_instances(monkeypatch):
@@ -394,6 +417,9 @@ def test_scale_probe_is_not_drawn_to_the_ends_of_a_flat_score_curve(monkeypatch)
 
     monkeypatch.setattr(P, "predict_maps", maps)
     monkeypatch.setattr(P, "extract_instances", inst)
+    # the same pixel objects at every scale have a different network size at each: the size
+    # factor would tilt the curve (tested on its own below), so it is off here
+    monkeypatch.setattr(P, "SIZE_SIGMA", 0.0)
     for train_scale in (1.0, 0.3):
         model = _local_model(train_scale=train_scale)
         s, stats = P.estimate_scale(model, np.zeros((600, 600), np.float32))
@@ -448,6 +474,7 @@ def test_scale_probe_rejects_objects_of_both_polarities(monkeypatch):
 
     monkeypatch.setattr(P, "predict_maps", maps)
     monkeypatch.setattr(P, "extract_instances", inst)
+    monkeypatch.setattr(P, "SIZE_SIGMA", 0.0)  # the blobs' size is not the point here
     model = _local_model(train_scale=1.0, min_area_px=1)
     s, stats = P.estimate_scale(model, img)
     assert s < 1.9
@@ -456,6 +483,57 @@ def test_scale_probe_rejects_objects_of_both_polarities(monkeypatch):
     assert by[2.07]["score"] < 0.1 * by[1.08]["score"]
     monkeypatch.setattr(P, "COHERENCE_POWER", 0)  # the same probe without the coherence
     assert P.estimate_scale(model, img)[0] > 1.9
+
+
+def test_size_consistency_is_a_log_normal_factor_around_the_trained_size():
+    from napari_nanodefect.core.segment.predict import size_consistency
+
+    assert size_consistency(20.0, 20.0, 0.5) == pytest.approx(1.0)
+    # half and twice the trained size score the same: exp(-ln(2)^2 / (2 * 0.25))
+    assert size_consistency(10.0, 20.0, 0.5) == pytest.approx(math.exp(-math.log(2) ** 2 / 0.5))
+    assert size_consistency(40.0, 20.0, 0.5) == pytest.approx(size_consistency(10.0, 20.0, 0.5))
+    assert size_consistency(float("nan"), 20.0, 0.5) == 1.0  # nothing measured: no judgement
+
+
+def test_scale_probe_prefers_objects_of_the_trained_size(monkeypatch):
+    """At the large candidate scales the (fake) model finds a dense texture of specks
+    (same polarity, more of them and more confident) instead of the particles it finds
+    near scale 1, where they are 20 network px wide as trained. Without the size factor
+    the probe picks a large scale; with it, a scale near 1."""
+    import napari_nanodefect.core.segment.predict as P
+
+    H = W = 600
+    yy, xx = np.mgrid[:H, :W]
+    img = np.zeros((H, W), np.float32)
+    for cy in range(25, H, 50):
+        for cx in range(25, W, 50):
+            img[(yy - cy) ** 2 + (xx - cx) ** 2 <= 100] = 1.0  # 20 px particles
+    seen = {}
+
+    def maps(m, crop, c, *a):
+        seen["crop"], seen["c"] = crop, c
+        fg = 240 if c > 1.9 else 220
+        return np.full(crop.shape, fg, np.uint8), np.full(crop.shape, 255, np.uint8), None
+
+    def inst(fg, dist, *a):
+        crop = seen["crop"]
+        if seen["c"] > 1.9:  # specks ~3 image px wide every 8 px, on the bright side
+            specks = np.zeros(crop.shape, bool)
+            specks[2::8, 2::8] = True
+            lab = ndi.label(ndi.binary_dilation(specks))[0].astype(np.int32)
+            crop[lab > 0] = np.maximum(crop[lab > 0], 0.5)  # brighter than their rings
+            return lab, None
+        return ndi.label(crop > 0.5)[0].astype(np.int32), None
+
+    monkeypatch.setattr(P, "predict_maps", maps)
+    monkeypatch.setattr(P, "extract_instances", inst)
+    model = _local_model(train_scale=1.0, min_area_px=1, object_diameter_px=20.0)
+    s, stats = P.estimate_scale(model, img.copy())
+    assert 0.7 < s < 1.5, stats
+    by = {round(st["scale"], 2): st for st in stats}
+    assert by[1.08]["diameter_px"] == pytest.approx(21.6, rel=0.1) and by[2.07]["diameter_px"] < 10
+    monkeypatch.setattr(P, "SIZE_SIGMA", 0.0)  # the same probe without the size factor
+    assert P.estimate_scale(model, img.copy())[0] > 1.9
 
 
 def test_tta_maps_are_the_mean_of_four_views_and_flip_with_the_image():

@@ -151,10 +151,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     res = train(args.annotations, args.out, base=base, images=args.images, time_budget_s=budget, epochs=args.epochs,
                 device=args.device, seed=args.seed, progress=None if args.quiet else report,
-                background_size=args.background_size)
+                background_size=args.background_size, keep=args.keep)
     s = res.summary
+    kept = "final weights" if s["kept"] == "last" else f"best checkpoint (iteration {s['best_iteration']})"
     print(f"saved {res.path}: {s['iterations']} iterations in {s['loop_seconds']:.1f} s on {s['device']}, "
-          f"best val loss {s['best_val_loss'] if s['best_val_loss'] is None else round(s['best_val_loss'], 4)}, "
+          f"kept the {kept}, best val loss {s['best_val_loss'] if s['best_val_loss'] is None else round(s['best_val_loss'], 4)}, "
           f"best val F1 {s['best_val_f1'] if s['best_val_f1'] is None else round(s['best_val_f1'], 3)}, "
           f"classes {res.model.config.classes}")
     return 0
@@ -477,6 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--background-size", type=float, default=None, metavar="D",
                    help="particles: subtract the support (median filter D particle diameters wide) before "
                         "normalising; default: the base model's setting (the starter's); 0 = off")
+    s.add_argument("--keep", default="auto", choices=["auto", "best", "last"],
+                   help="particles: weights to save: 'auto' = the final ones, or the best validated ones when "
+                        "cancelled (default); 'best' = the checkpoint with the lowest validation loss")
     s.add_argument("--classes", default=None, metavar="A,B,...",
                    help="defects/classify: class names in order (default: the labels found)")
     s.add_argument("--line-width-nm", type=float, default=None, metavar="NM",

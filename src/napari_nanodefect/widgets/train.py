@@ -444,9 +444,12 @@ class TrainWidget(QWidget):
         self._update_task(True)
         self._set_running(False)
         s = msg.get("summary") or {}
-        f1 = s.get("best_val_f1")
+        last = s.get("kept") == "last"
+        f1 = s.get("final_val_f1") if last else s.get("best_val_f1")
+        what = "final val F1" if last else "best val F1"
         lines = [
-            f"best val F1 {f1:.3f}" if f1 is not None else "best val F1 — (no validation cells)",
+            f"{what} {f1:.3f}" if f1 is not None else f"{what} — (no validation cells)",
+            ("kept the final weights" if last else "kept the best validated checkpoint"),
             f"{s.get('iterations', 0)} iterations (best at {s.get('best_iteration', 0)}), "
             f"{s.get('epochs', 0)} epochs, {s.get('seconds', 0):.1f} s on {s.get('device', '?')}",
         ]

@@ -56,10 +56,11 @@ class Background:
         ix, wx = self._axis(cols, w)
         iy1 = np.minimum(iy + 1, h - 1)
         ix1 = np.minimum(ix + 1, w - 1)
+        # rows first, on the coarse field (small), then columns: two gathers of the output
+        # size instead of four
         f = self.field
-        top = f[iy][:, ix] * (1 - wx) + f[iy][:, ix1] * wx
-        bot = f[iy1][:, ix] * (1 - wx) + f[iy1][:, ix1] * wx
-        return (top * (1 - wy)[:, None] + bot * wy[:, None]).astype(np.float32)
+        rows_f = f[iy] * (1 - wy)[:, None] + f[iy1] * wy[:, None]
+        return (rows_f[:, ix] * (1 - wx) + rows_f[:, ix1] * wx).astype(np.float32, copy=False)
 
     def window(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         return self.sample(np.arange(y0, y1), np.arange(x0, x1))
@@ -85,6 +86,30 @@ def _block_mean(image: np.ndarray, f: int) -> np.ndarray:
     return out
 
 
+def _median(small: np.ndarray, k: int, band: int = 32) -> np.ndarray:
+    """A ``k x k`` median filter (edges: nearest), evaluated exactly on every ``k // 6``-th
+    pixel and linearly interpolated in between: the field is smoothed over half a particle
+    diameter afterwards anyway, and ``scipy.ndimage.median_filter`` on every pixel of a
+    2048^2 image's grid took ~0.5 s (a third of a whole prediction) against ~0.1 s here.
+    Row bands of ``band`` output rows keep the window stack small on 8k images."""
+    step = max(1, k // 6)
+    h, w = small.shape
+    p = k // 2
+    padded = np.pad(small, p, mode="edge")
+    wins = np.lib.stride_tricks.sliding_window_view(padded, (k, k))[::step, ::step]
+    mid = k * k // 2
+    med = np.empty(wins.shape[:2], np.float32)
+    for i in range(0, wins.shape[0], band):
+        blk = wins[i : i + band].reshape(-1, wins.shape[1], k * k)
+        med[i : i + band] = np.partition(blk, mid, axis=-1)[..., mid]
+    if step == 1:
+        return med
+    # the median at small-grid pixel (i * step, j * step) -> every small-grid pixel
+    rows = np.arange(h) / step
+    cols = np.arange(w) / step
+    return Background(med, 1, (h, w)).sample(rows, cols)
+
+
 def estimate_background(image: np.ndarray, diameter_px: float, polarity: str | None = None,
                         size: float = 3.0, max_side: int = 1024) -> Background:
     """The support under particles of about ``diameter_px`` image pixels.
@@ -103,7 +128,7 @@ def estimate_background(image: np.ndarray, diameter_px: float, polarity: str | N
     small = _block_mean(image, f)
     k = max(3, int(round(size * d / f)) | 1)
     if polarity is None:
-        bg = ndi.median_filter(small, size=(k, k), mode="nearest")
+        bg = _median(small, k)
     else:
         op = ndi.grey_opening if polarity == "bright" else ndi.grey_closing
         bg = op(small, size=(k, k), mode="nearest")
