@@ -446,34 +446,46 @@ def test_polarity_coherence_is_the_signed_share_of_object_contrast():
     assert polarity_coherence(np.ones_like(lab), img, 3) == 1.0  # no ring: nothing to judge
 
 
+def _fake_probe(monkeypatch, objects, fg_small=200, fg_large=240):
+    """Replace the probe's network and instance extraction: every window at scale c gets a
+    flat foreground of ``fg_large`` (c > 1.9) or ``fg_small``, and ``objects(crop, c)``
+    as its instance labels."""
+    import napari_nanodefect.core.segment.predict as P
+
+    seen = {}
+
+    def maps(m, crop, c, *a):
+        seen["crop"], seen["c"] = crop, c
+        fg = fg_large if c > 1.9 else fg_small
+        return np.full(crop.shape, fg, np.uint8), np.full(crop.shape, 255, np.uint8), None
+
+    monkeypatch.setattr(P, "predict_maps", maps)
+    monkeypatch.setattr(P, "extract_instances", lambda fg, dist, *a: (objects(seen["crop"], seen["c"]), None))
+    return P
+
+
+def _disk_grid(step, r2, value=lambda cy, cx: 1.0, size=600):
+    """A ``size``² image of disks (squared radius ``r2``) every ``step`` px."""
+    yy, xx = np.mgrid[:size, :size]
+    img = np.zeros((size, size), np.float32)
+    for cy in range(step // 2, size, step):
+        for cx in range(step // 2, size, step):
+            img[(yy - cy) ** 2 + (xx - cx) ** 2 <= r2] = value(cy, cx)
+    return img
+
+
 def test_scale_probe_rejects_objects_of_both_polarities(monkeypatch):
     """At the large candidate scales the (fake) model finds bright and dark blobs alike,
     and more confidently (a texture read as particles) than the bright blobs alone it finds
     at the small scales. Without the polarity coherence the probe picks a large scale; with
     it those scales score near 0."""
-    import napari_nanodefect.core.segment.predict as P
+    # 1 bright : 2 dark blobs
+    img = _disk_grid(14, 9, lambda cy, cx: 1.0 if ((cy // 14) + (cx // 14)) % 3 == 0 else -1.0)
 
-    H = W = 600
-    yy, xx = np.mgrid[:H, :W]
-    img = np.zeros((H, W), np.float32)
-    for cy in range(7, H, 14):
-        for cx in range(7, W, 14):
-            sign = 1.0 if ((cy // 14) + (cx // 14)) % 3 == 0 else -1.0  # 1 bright : 2 dark
-            img[(yy - cy) ** 2 + (xx - cx) ** 2 <= 9] = sign
-    seen = {}
+    def objects(crop, c):
+        return ndi.label(np.abs(crop) > 0.5 if c > 1.9 else crop > 0.5)[0].astype(np.int32)
 
-    def maps(m, crop, c, *a):
-        seen["crop"], seen["c"] = crop, c
-        fg = 240 if c > 1.9 else 200
-        return np.full(crop.shape, fg, np.uint8), np.full(crop.shape, 255, np.uint8), None
-
-    def inst(fg, dist, *a):
-        crop = seen["crop"]
-        blobs = np.abs(crop) > 0.5 if seen["c"] > 1.9 else crop > 0.5
-        return ndi.label(blobs)[0].astype(np.int32), None
-
-    monkeypatch.setattr(P, "predict_maps", maps)
-    monkeypatch.setattr(P, "extract_instances", inst)
+    P = _fake_probe(monkeypatch, objects)
     monkeypatch.setattr(P, "SIZE_SIGMA", 0.0)  # the blobs' size is not the point here
     model = _local_model(train_scale=1.0, min_area_px=1)
     s, stats = P.estimate_scale(model, img)
@@ -500,33 +512,18 @@ def test_scale_probe_prefers_objects_of_the_trained_size(monkeypatch):
     (same polarity, more of them and more confident) instead of the particles it finds
     near scale 1, where they are 20 network px wide as trained. Without the size factor
     the probe picks a large scale; with it, a scale near 1."""
-    import napari_nanodefect.core.segment.predict as P
+    img = _disk_grid(50, 100)  # 20 px particles
 
-    H = W = 600
-    yy, xx = np.mgrid[:H, :W]
-    img = np.zeros((H, W), np.float32)
-    for cy in range(25, H, 50):
-        for cx in range(25, W, 50):
-            img[(yy - cy) ** 2 + (xx - cx) ** 2 <= 100] = 1.0  # 20 px particles
-    seen = {}
-
-    def maps(m, crop, c, *a):
-        seen["crop"], seen["c"] = crop, c
-        fg = 240 if c > 1.9 else 220
-        return np.full(crop.shape, fg, np.uint8), np.full(crop.shape, 255, np.uint8), None
-
-    def inst(fg, dist, *a):
-        crop = seen["crop"]
-        if seen["c"] > 1.9:  # specks ~3 image px wide every 8 px, on the bright side
+    def objects(crop, c):
+        if c > 1.9:  # specks ~3 image px wide every 8 px, on the bright side
             specks = np.zeros(crop.shape, bool)
             specks[2::8, 2::8] = True
             lab = ndi.label(ndi.binary_dilation(specks))[0].astype(np.int32)
             crop[lab > 0] = np.maximum(crop[lab > 0], 0.5)  # brighter than their rings
-            return lab, None
-        return ndi.label(crop > 0.5)[0].astype(np.int32), None
+            return lab
+        return ndi.label(crop > 0.5)[0].astype(np.int32)
 
-    monkeypatch.setattr(P, "predict_maps", maps)
-    monkeypatch.setattr(P, "extract_instances", inst)
+    P = _fake_probe(monkeypatch, objects, fg_small=220)
     model = _local_model(train_scale=1.0, min_area_px=1, object_diameter_px=20.0)
     s, stats = P.estimate_scale(model, img.copy())
     assert 0.7 < s < 1.5, stats
