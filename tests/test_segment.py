@@ -406,7 +406,7 @@ def test_scale_probe_is_not_drawn_to_the_ends_of_a_flat_score_curve(monkeypatch)
     training scale (the prior), not the first or last candidate (edge padding did)."""
     import napari_nanodefect.core.segment.predict as P
 
-    def maps(m, crop, c, *a):
+    def maps(m, crop, c, *a, **k):
         return np.full(crop.shape, 200, np.uint8), np.zeros(crop.shape, np.uint8), None
 
     def inst(fg, dist, *a):
@@ -454,7 +454,7 @@ def _fake_probe(monkeypatch, objects, fg_small=200, fg_large=240):
 
     seen = {}
 
-    def maps(m, crop, c, *a):
+    def maps(m, crop, c, *a, **k):
         seen["crop"], seen["c"] = crop, c
         fg = fg_large if c > 1.9 else fg_small
         return np.full(crop.shape, fg, np.uint8), np.full(crop.shape, 255, np.uint8), None
@@ -531,6 +531,45 @@ def test_scale_probe_prefers_objects_of_the_trained_size(monkeypatch):
     assert by[1.08]["diameter_px"] == pytest.approx(21.6, rel=0.1) and by[2.07]["diameter_px"] < 10
     monkeypatch.setattr(P, "SIZE_SIGMA", 0.0)  # the same probe without the size factor
     assert P.estimate_scale(model, img.copy())[0] > 1.9
+
+
+def test_shrink_low_passes_before_it_samples():
+    """A +-1 checkerboard shrunk 4x averages out (a plain bilinear resize samples it and
+    keeps +-1 values): the network's tiles and the probe's windows get no aliased noise."""
+    from napari_nanodefect.core.segment.predict import shrink
+
+    board = np.indices((256, 256)).sum(0) % 2 * 2.0 - 1.0
+    small = shrink(board, (64, 64))
+    assert small.shape == (64, 64) and np.abs(small).max() < 0.05
+    ramp = np.tile(np.arange(256, dtype=np.float32), (256, 1))
+    # a smooth ramp survives: pixel j of the small grid is centred on 4 j + 1.5
+    assert np.allclose(shrink(ramp, (64, 64))[10, 5:-5], 4 * np.arange(5, 59) + 1.5, atol=0.01)
+
+
+def test_probe_window_is_the_flattened_window_at_network_size():
+    """At a probe scale below 1 the window is shrunk first and flattened on the small grid:
+    the same as flattening at full resolution and then shrinking (the support is smooth),
+    with the full-resolution normalisation range; at scales >= 1 it is passed on as is."""
+    from napari_nanodefect.core.segment.predict import _probe_window, flat_range, shrink, support_background
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:400, 0:400]
+    img = (_disk_image((400, 400), spacing=50, r=14) + 0.004 * xx + 0.5 * np.sin(yy / 90)
+           + rng.normal(0, 0.05, (400, 400))).astype(np.float32)
+    model = _local_model(object_diameter_px=20.0, background_size=3.0)
+    win, px, rng_ = _probe_window(model, img, 0.5)
+    assert win.shape == (200, 200) and px == 1.0
+    bg = support_background(model.config, img, 0.5)
+    assert rng_ == flat_range(img, bg)
+    expect = shrink(bg.subtract(img), (200, 200))
+    assert np.abs(win - expect).max() < 0.01 * (rng_[1] - rng_[0])
+    # the slope (1.6 across) and the wave are gone: the gaps are level across the window
+    def gaps(a, n):  # the 20th percentile (between the disks) in each corner
+        return [np.percentile(a[r, c], 20) for r in (slice(0, n), slice(-n, None)) for c in (slice(0, n), slice(-n, None))]
+
+    assert np.ptp(gaps(win, 60)) < 0.1 < 0.5 < np.ptp(gaps(img, 120))
+    same, px1, none = _probe_window(model, img, 1.5)
+    assert same is img and px1 == 1.5 and none is None
 
 
 def test_tta_maps_are_the_mean_of_four_views_and_flip_with_the_image():

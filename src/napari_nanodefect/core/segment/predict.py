@@ -41,6 +41,9 @@ from .model import LoadedModel
 
 ProgressFn = Callable[[int, int], None]
 
+#: low-pass the image when shrinking it for the network
+ANTIALIAS = True
+
 #: the automatic scale never makes the network look at more pixels than this
 MAX_NETWORK_PIXELS = 2.5e8
 
@@ -98,6 +101,17 @@ def flat_range(image: np.ndarray, bg: Background | None, low: float = 0.5, high:
     return robust_range(sub, low, high, max_samples)
 
 
+def _percentiles(cfg) -> tuple[float, float]:
+    return cfg.normalisation.get("low_percentile", 0.5), cfg.normalisation.get("high_percentile", 99.5)
+
+
+def shrink(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``image`` resized down to ``shape`` (bilinear with a low-pass, as the network's tiles
+    are: float32)."""
+    t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    return F.interpolate(t, size=shape, mode="bilinear", align_corners=False, antialias=True)[0, 0].numpy()
+
+
 def normalise(tile: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Map ``[lo, hi]`` to ``[0, 1]`` (values beyond are kept, clipped to [-0.5, 1.5])."""
     out = (tile.astype(np.float32) - lo) * (1.0 / (hi - lo))
@@ -139,9 +153,15 @@ def predict_maps(
     progress: ProgressFn | None = None,
     tile_size: int | None = None,
     overlap: int | None = None,
+    value_range: tuple[float, float] | None = None,
+    flatten: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Blended network maps at the image's resolution: ``fg``, ``dist`` (uint8 x255) and
-    class probabilities ``(C, H, W)`` uint8 (None for single-class models)."""
+    class probabilities ``(C, H, W)`` uint8 (None for single-class models).
+
+    ``value_range``: the ``(lo, hi)`` normalisation range, when it was measured elsewhere
+    (default: the image's own, after flattening); ``flatten=False``: the image is already
+    flattened (the scale probe shrinks and flattens a window itself)."""
     cfg = model.config
     H, W = image.shape
     # one tile at a time is fastest on CPU (cache-bound); GPUs want batches
@@ -153,8 +173,11 @@ def predict_maps(
     (ys, th), (xs, tw) = _even_tiles(H, t_in, o_in), _even_tiles(W, t_in, o_in)
     wy, wx = _window(th, o_in if len(ys) > 1 else 0), _window(tw, o_in if len(xs) > 1 else 0)
     win = np.outer(wy, wx)
-    bg = support_background(cfg, image, scale)
-    lo, hi = flat_range(image, bg, cfg.normalisation.get("low_percentile", 0.5), cfg.normalisation.get("high_percentile", 99.5))
+    bg = support_background(cfg, image, scale) if flatten else None
+    if value_range is None:
+        lo, hi = flat_range(image, bg, *_percentiles(cfg))
+    else:
+        lo, hi = value_range
     n_cls = len(cfg.classes) if len(cfg.classes) > 1 else 0
     n_ch = 2 + n_cls
     fg_out = np.zeros((H, W), np.uint8)
@@ -202,7 +225,8 @@ def predict_maps(
             if len(batch) == batch_size or i == len(xs) - 1:
                 arr = torch.from_numpy(np.stack([b[1] for b in batch])[:, None]).to(dev)
                 if (net_h, net_w) != (th, tw):
-                    arr = F.interpolate(arr, size=(net_h, net_w), mode="bilinear", align_corners=False)
+                    arr = F.interpolate(arr, size=(net_h, net_w), mode="bilinear", align_corners=False,
+                                        antialias=ANTIALIAS and net_h < th)
                 arr = arr.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=amp):
                     out = net(arr)
@@ -285,6 +309,28 @@ def size_consistency(diameter_px: float, trained_px: float, sigma: float | None 
     return math.exp(-math.log(diameter_px / trained_px) ** 2 / (2 * sigma**2))
 
 
+def _probe_window(model: LoadedModel, crop: np.ndarray, c: float) -> tuple[np.ndarray, float, tuple[float, float] | None]:
+    """The probe's view of ``crop`` at network scale ``c``: at ``c < 1`` the window is
+    shrunk to network size first (and the support subtracted there), so flattening,
+    instances and contrasts are computed on ``c**2`` as many pixels as at the image's
+    resolution (the same low-pass the tiles of :func:`predict_maps` get); the normalisation
+    range is still measured on the full-resolution window, as :func:`predict_maps` does.
+    Returns the window, its network px per window px (1 when shrunk), and its normalisation range when it
+    was shrunk and flattened here (None: :func:`predict_maps` does both)."""
+    cfg = model.config
+    h, w = crop.shape
+    hs, ws = max(1, int(round(h * c))), max(1, int(round(w * c)))
+    if c >= 1 or not ANTIALIAS or min(hs, ws) < 32:
+        return crop, c, None
+    bg = support_background(cfg, crop, c)
+    lo, hi = flat_range(crop, bg, *_percentiles(cfg))
+    small = shrink(crop, (hs, ws))
+    if bg is not None:
+        # the field at the small pixels' centres, in window coordinates
+        small -= bg.sample((np.arange(hs) + 0.5) * (h / hs) - 0.5, (np.arange(ws) + 0.5) * (w / ws) - 0.5)
+    return small, 1.0, (lo, hi)
+
+
 def estimate_scale(model: LoadedModel, image: np.ndarray, window: int = 448,
                    candidates: tuple[float, ...] = PROBE_SCALES) -> tuple[float, list[dict]]:
     """Scale at which the model is most confident about the objects in ``image``.
@@ -312,13 +358,14 @@ def estimate_scale(model: LoadedModel, image: np.ndarray, window: int = 448,
         side = int(min(H, W, max(32, window / c)))
         y0, x0 = (H - side) // 2, (W - side) // 2
         crop = image[y0 : y0 + side, x0 : x0 + side]
-        fg, dist, _ = predict_maps(model, crop, c)
-        lab, _ = extract_instances(fg, dist, cfg.fg_threshold, cfg.seed_threshold, cfg.min_area_px / (c * c))
+        crop, px, rng = _probe_window(model, crop, c)  # px: network px per pixel of the maps
+        fg, dist, _ = predict_maps(model, crop, px, value_range=rng, flatten=rng is None)
+        lab, _ = extract_instances(fg, dist, cfg.fg_threshold, cfg.seed_threshold, cfg.min_area_px / (px * px))
         n = int(lab.max())
         score, d_net, coherence = 0.0, float("nan"), float("nan")
         if n:
             area = np.bincount(lab.ravel())[1:]
-            d_net = float(np.median(2 * np.sqrt(area / np.pi)) * c)
+            d_net = float(np.median(2 * np.sqrt(area / np.pi)) * px)
             mean_fg = np.bincount(lab.ravel(), fg.ravel().astype(np.float64))[1:] / np.maximum(area, 1) / 255.0
             coverage = float(area.sum()) / lab.size
             # particles are a minority of a field of view: a window mostly "foreground"
@@ -329,7 +376,7 @@ def estimate_scale(model: LoadedModel, image: np.ndarray, window: int = 448,
             score = float(mean_fg.mean()) ** 8 * math.log1p(n) if n >= 4 and plausible else 0.0
             if score > 0:
                 # particles share one polarity; a texture read as objects does not
-                coherence = polarity_coherence(lab, crop, max(2, int(round(cfg.contrast_ring_px / c))))
+                coherence = polarity_coherence(lab, crop, max(2, int(round(cfg.contrast_ring_px / px))))
                 score *= coherence**COHERENCE_POWER
                 if SIZE_SIGMA > 0:
                     score *= size_consistency(d_net, cfg.object_diameter_px)
