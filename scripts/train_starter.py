@@ -37,55 +37,16 @@ from conftest import REAL  # noqa: E402
 
 from napari_nanodefect.core.annotations import labels_to_set, objects_to_labels, read_coco  # noqa: E402,F401
 from napari_nanodefect.core.io import read_image  # noqa: E402
-from napari_nanodefect.core.segment.background import estimate_background  # noqa: E402
 from napari_nanodefect.core.segment.config import ModelConfig  # noqa: E402
 from napari_nanodefect.core.segment.data import PatchSampler, region_from_labels  # noqa: E402
+from napari_nanodefect.core.segment.rehearsal import flattened, synthetic_regions  # noqa: E402
+from napari_nanodefect.core.segment.rehearsal import median_diameter as median_d  # noqa: E402
 from napari_nanodefect.core.segment.model import build_model, resolve_device, save_model  # noqa: E402
 from napari_nanodefect.core.segment.train import TrainProgress, fit, seed_everything  # noqa: E402
-from napari_nanodefect.core.synthetic import random_micrograph  # noqa: E402
 
 NOTICE = (ROOT / "src" / "napari_nanodefect" / "models" / "starter-particles" / "NOTICE.txt").read_text() \
     if (ROOT / "src" / "napari_nanodefect" / "models" / "starter-particles" / "NOTICE.txt").exists() else ""
 DEFAULT_OUT = ROOT / "src" / "napari_nanodefect" / "models" / "starter-particles"
-
-
-def median_d(labels: np.ndarray) -> float | None:
-    a = np.bincount(labels.ravel())[1:]
-    a = a[a > 0]
-    return float(np.median(2 * np.sqrt(a / np.pi))) if a.size else None
-
-
-def flattened(img: np.ndarray, d_img: float, background_size: float) -> np.ndarray:
-    """The image minus its support (core.segment.background, median filter
-    ``background_size`` particle diameters wide), as the model will see it; unchanged
-    when ``background_size`` is 0. Computed on the whole image before any cropping."""
-    if not background_size:
-        return img
-    return estimate_background(img, d_img, None, background_size).subtract(img)
-
-
-def synthetic_regions(n: int, seed: int, d0: float, max_side: int = 320, extra_clouds: float = 0.0,
-                      background_size: float = 0.0) -> list:
-    """``extra_clouds``: the fraction of images given strong support clumps on top of those
-    random_micrograph draws itself (clouds 0.4-1.0 x a particle's peak)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        over = {}
-        if extra_clouds and rng.random() < extra_clouds:
-            over = {"clouds": float(rng.uniform(0.4, 1.0)), "cloud_size": float(np.exp(rng.uniform(np.log(1.3), np.log(4.0))))}
-        s = random_micrograph(rng, shape=(256, 256), **over)
-        d = median_d(s.labels)
-        if d is None:
-            continue
-        scale = float(np.clip(d0 / d, 0.3, 4.0))
-        img, lab = flattened(s.image, d0 / scale, background_size), s.labels
-        side = int(max_side / scale)
-        if side < img.shape[0]:  # keep scaled regions small: crop before upscaling
-            y0, x0 = rng.integers(0, img.shape[0] - side + 1, size=2)
-            img, lab = img[y0 : y0 + side, x0 : x0 + side], lab[y0 : y0 + side, x0 : x0 + side]
-        out.append(region_from_labels(img, lab, scale, val_fraction=0.0, name=f"synthetic{i}"))
-    return out
 
 
 def tiles(img: np.ndarray, lab: np.ndarray, d0: float, name: str, rng: np.random.Generator,

@@ -151,13 +151,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     res = train(args.annotations, args.out, base=base, images=args.images, time_budget_s=budget, epochs=args.epochs,
                 device=args.device, seed=args.seed, progress=None if args.quiet else report,
-                background_size=args.background_size, keep=args.keep)
+                background_size=args.background_size, keep=args.keep, rehearsal=args.rehearsal)
     s = res.summary
     kept = "final weights" if s["kept"] == "last" else f"best checkpoint (iteration {s['best_iteration']})"
     print(f"saved {res.path}: {s['iterations']} iterations in {s['loop_seconds']:.1f} s on {s['device']}, "
           f"kept the {kept}, best val loss {s['best_val_loss'] if s['best_val_loss'] is None else round(s['best_val_loss'], 4)}, "
           f"best val F1 {s['best_val_f1'] if s['best_val_f1'] is None else round(s['best_val_f1'], 3)}, "
-          f"classes {res.model.config.classes}")
+          f"classes {res.model.config.classes}"
+          + (f", {s['rehearsal_images']} synthetic rehearsal images" if s.get("rehearsal_images") else ""))
     return 0
 
 
@@ -435,6 +436,18 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return 1 if res.failed else 0
 
 
+def _rehearsal(text: str):
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number >= 0, got {text!r}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nanodefect",
@@ -481,6 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep", default="auto", choices=["auto", "best", "last"],
                    help="particles: weights to save: 'auto' = the final ones, or the best validated ones when "
                         "cancelled (default); 'best' = the checkpoint with the lowest validation loss")
+    s.add_argument("--rehearsal", default="auto", type=_rehearsal, metavar="N",
+                   help="particles: synthetic micrographs mixed into the training patches so a short fine-tune "
+                        "keeps what the starter knew (default 'auto': 8 when fine-tuning the starter on one "
+                        "class, else 0; 0 = off)")
     s.add_argument("--classes", default=None, metavar="A,B,...",
                    help="defects/classify: class names in order (default: the labels found)")
     s.add_argument("--line-width-nm", type=float, default=None, metavar="NM",

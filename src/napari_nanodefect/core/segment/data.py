@@ -15,6 +15,7 @@ annotated area (whole cells of a grid) is held out for validation.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,6 +138,9 @@ def _validation_cells(annotated: np.ndarray, fraction: float, cell: int, rng: np
 class PatchSampler:
     """Random training patches centred inside annotated, non-validation pixels.
 
+    ``weights``: a factor per region on its area, the default share of the patches it
+    centres (the synthetic rehearsal regions get a fixed share of all patches this way).
+
     Augmentation (micrograph-safe): flips and 90-degree rotations, scale jitter
     (+-``scale_jitter``), contrast/brightness, gamma, Gaussian noise and blur. Pixels
     outside the region or outside crops get ``valid`` = 0.
@@ -148,7 +152,8 @@ class PatchSampler:
     """
 
     def __init__(self, regions: list[Region], patch: int = 128, seed: int = 0, scale_jitter: float = 0.25,
-                 augment: bool = True, invert_p: float = 0.0, class_balance: float = 0.5):
+                 augment: bool = True, invert_p: float = 0.0, class_balance: float = 0.5,
+                 weights: Sequence[float] | None = None):
         self.regions = [r for r in regions if r.train.any()]
         if not self.regions:
             raise NanodefectError("no annotated training area: draw at least one crop with objects inside")
@@ -158,6 +163,8 @@ class PatchSampler:
         self.augment = augment
         self.invert_p = invert_p  #: probability of swapping bright and dark (generic models)
         area = np.array([r.train.sum() for r in self.regions], float)
+        if weights is not None:  # per-region factors on the area
+            area *= np.asarray([w for r, w in zip(regions, weights) if r.train.any()], float)
         self.weights = area / area.sum()
         self.coords = [np.flatnonzero(r.train) for r in self.regions]
         # per class: (region index, flat pixel index) of its training pixels

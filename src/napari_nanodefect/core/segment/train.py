@@ -30,6 +30,7 @@ from .config import ModelConfig
 from .data import PatchSampler, Region, build_regions
 from .instances import extract_instances
 from .predict import support_background
+from .rehearsal import DEFAULT_REHEARSAL, REHEARSAL_SHARE, synthetic_regions
 from .model import LoadedModel, adapt_state, build_model, default_model_dir, load_model, resolve_device, save_model
 
 
@@ -256,6 +257,7 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     background_size: float | None = None,
     keep: str = "auto",
+    rehearsal: int | str = "auto",
 ) -> TrainResult:
     """Train a particle model on annotated crops; see the module docstring.
 
@@ -270,7 +272,16 @@ def train(
     ``background_size``: subtract the support before normalising (a median filter this
     many particle diameters wide; core.segment.background); None keeps the base model's
     setting (the starter's), 0 turns it off.
+    ``rehearsal``: the number of synthetic micrographs (:mod:`.rehearsal`) mixed into the
+    training patches, so a short fine-tune does not forget what the starter knew about
+    other kinds of images; ``"auto"``: :data:`~.rehearsal.DEFAULT_REHEARSAL` when
+    fine-tuning the shipped starter on a single class (a particle model), else 0. They
+    centre :data:`~.rehearsal.REHEARSAL_SHARE` of the training patches, however large the
+    crops, and are left out of the validation; an epoch grows so that it still draws the
+    crops ~4 times.
     """
+    if not (rehearsal == "auto" or (isinstance(rehearsal, (int, np.integer)) and not isinstance(rehearsal, bool) and rehearsal >= 0)):
+        raise ValueError(f"rehearsal must be 'auto' or a number of images >= 0, got {rehearsal!r}")
     t_start = time.perf_counter()
     seed_everything(seed)
     dev = resolve_device(device)
@@ -301,7 +312,19 @@ def train(
         bg = support_background(cfg, it.image, s)
         regions += build_regions(it.annotations, it.image, class_ids, s, margin_px=patch // 4,
                                  val_fraction=val_fraction, seed=seed + i, background=bg)
-    sampler = PatchSampler(regions, patch=patch, seed=seed, scale_jitter=scale_jitter, invert_p=invert_p)
+    n_rehearsal = int(rehearsal) if rehearsal != "auto" else (
+        DEFAULT_REHEARSAL if base == "starter" and base_model is not None and len(names) == 1 else 0)
+    synthetic = synthetic_regions(n_rehearsal, seed + 1000, cfg.object_diameter_px,
+                                  background_size=cfg.background_size or 0.0) if n_rehearsal else []
+    weights = None
+    epoch_area = sum(float(r.train.sum()) for r in regions)
+    if synthetic:
+        # the synthetic images centre a fixed share of the patches, whatever the crops' area
+        a_syn = sum(float(r.train.sum()) for r in synthetic)
+        f = REHEARSAL_SHARE / (1 - REHEARSAL_SHARE) * epoch_area / max(a_syn, 1.0)
+        weights = [1.0] * len(regions) + [f] * len(synthetic)
+    sampler = PatchSampler(regions + synthetic, patch=patch, seed=seed, scale_jitter=scale_jitter, invert_p=invert_p,
+                           weights=weights)
 
     module = build_model(cfg, encoder_weights=None if base_model is not None else "auto")
     if base_model is not None:
@@ -310,7 +333,8 @@ def train(
     lr = lr or (5e-4 if base_model is not None else 2e-3)
     fitted = fit(module, cfg, regions, sampler, dev, lr=lr, batch_size=batch_size, patch=patch,
                  time_budget_s=time_budget_s, epochs=epochs, patience=patience,
-                 validate_every_s=validate_every_s, progress=progress, should_stop=should_stop, keep=keep)
+                 validate_every_s=validate_every_s, progress=progress, should_stop=should_stop, keep=keep,
+                 epoch_area=epoch_area, epoch_share=1 - REHEARSAL_SHARE if synthetic else 1.0)
     module, history, it, best_it, best_loss, best_f1, cancelled, its_per_epoch, t_loop, kept = fitted
     seconds = time.perf_counter() - t_start
     cfg.training = {
@@ -335,6 +359,7 @@ def train(
         "n_objects": int(sum(len(it_.annotations.objects) for it_ in items)),
         "n_crops": int(sum(len(it_.annotations.crops) for it_ in items)),
         "scales": [round(s, 4) for s in scales],
+        "rehearsal_images": len(synthetic),
         "cancelled": cancelled,
         "package_version": __version__,
     }
@@ -363,6 +388,8 @@ def fit(
     progress: Callable[[TrainProgress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     keep: str = "auto",
+    epoch_area: float | None = None,
+    epoch_share: float = 1.0,
 ):
     """The optimisation loop shared by :func:`train` and the starter-model script.
 
@@ -382,6 +409,10 @@ def fit(
     Early stopping therefore only saves time; ``keep="best"`` restores the old behaviour.
     Returns ``(module, history, iterations, best_iteration, best_loss, best_f1,
     cancelled, iterations_per_epoch, t_loop, kept)``, ``kept`` being "best" or "last".
+    ``epoch_area``, ``epoch_share``: an epoch draws ``epoch_area`` (default: the sampler's
+    whole training area) ~4 times (at least 10 batches) in the ``epoch_share`` of the
+    patches that fall there; :func:`train` passes its user's crops and the share of the
+    patches they get next to synthetic rehearsal images.
     """
     if keep not in ("auto", "best", "last"):
         raise ValueError(f"keep must be 'auto', 'best' or 'last', got {keep!r}")
@@ -390,8 +421,8 @@ def fit(
     n_cls = len(cfg.classes) if len(cfg.classes) > 1 else 0
     opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=1e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda")
-    train_area = float(sum(r.train.sum() for r in sampler.regions))
-    its_per_epoch = max(10, math.ceil(4 * train_area / (batch_size * patch * patch)))
+    train_area = float(sum(r.train.sum() for r in sampler.regions)) if epoch_area is None else float(epoch_area)
+    its_per_epoch = math.ceil(max(10, math.ceil(4 * train_area / (batch_size * patch * patch))) / epoch_share)
     if time_budget_s is None and epochs is None:
         time_budget_s = 60.0
     max_its = epochs * its_per_epoch if epochs else None
