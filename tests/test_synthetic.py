@@ -224,3 +224,44 @@ def test_support_clouds_are_soft_unlabelled_clumps():
     assert 0.3 < out[0.6] < 0.9
     # per unit of height, cloud flanks are about half as steep as particle edges (0.52 measured)
     assert out[(0.6, "grad")] / out[0.6] < 0.7
+
+
+def _radial_peak_period(img):
+    """The period (px) of the strongest ring in the power spectrum, beyond the lowest frequencies."""
+    a = img.astype(float) - img.mean()
+    p = np.abs(np.fft.fft2(a)) ** 2
+    h, w = a.shape
+    ky, kx = np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij")
+    k = np.hypot(ky, kx)
+    bins = np.arange(0.02, 0.5, 0.005)
+    idx = np.digitize(k.ravel(), bins)
+    prof = np.bincount(idx, p.ravel(), minlength=len(bins) + 1)[1:len(bins)] / np.maximum(
+        np.bincount(idx, minlength=len(bins) + 1)[1:len(bins)], 1)
+    kc = 0.5 * (bins[:-1] + bins[1:])
+    return 1.0 / kc[int(np.argmax(prof))]
+
+
+@pytest.mark.parametrize("period", [4.0, 8.0])
+def test_phase_contrast_speckle_has_the_requested_period(period):
+    # a carbon film without particles' signal in the way: the worm-like texture's ring
+    s = make_particles(shape=(256, 256), n=1, median_diameter_nm=2.0, pixel_size_nm=0.1, mode="bf", seed=1,
+                       support="carbon", support_texture=0.05, speckle=0.3, speckle_period_px=period,
+                       speckle_band=0.2, blur=0.0, gradient=0.0, dose=None, noise=0.0, halo=0.0)
+    assert _radial_peak_period(s.image) == pytest.approx(period, rel=0.15)
+
+
+def test_hrtem_draws_are_faint_particles_in_strong_texture():
+    rows = []
+    for seed in range(400):
+        s = random_micrograph(seed, shape=(64, 64))
+        if s.params.get("speckle_period_px") is not None:
+            rows.append(s.params)
+    # bright-field is 30 % of the draws, half of those with particles >= 12 px become HRTEM
+    assert 0.05 < len(rows) / 400 < 0.2
+    for p in rows:
+        d_px = p["median_diameter_nm"] / p["pixel_size_nm"]
+        assert p["mode"] == "bf" and p["support"] == "carbon" and d_px >= 12
+        assert 2.5 <= p["speckle_period_px"] <= 0.3 * d_px + 1e-9
+        ts = np.exp(-0.35 * p["support_level"])
+        delta = ts * (1 - np.exp(-0.5 * p["contrast"]))  # a median particle's absorption signal
+        assert 0.3 * delta - 1e-9 <= p["speckle"] <= 1.0 * delta + 1e-9

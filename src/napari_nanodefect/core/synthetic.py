@@ -299,6 +299,8 @@ def make_particles(
     lattice: float = 0.0,
     halo: float | None = None,
     speckle: float | None = None,
+    speckle_period_px: float | None = None,
+    speckle_band: float = 0.3,
     blur: float = 1.0,
     gradient: float = 0.08,
     vignetting: float = 0.0,
@@ -342,8 +344,10 @@ def make_particles(
     (illumination), ``dose`` (counts per pixel at a particle peak, ``None`` = no shot
     noise), ``noise`` (Gaussian read noise, same units), ``hot_pixels`` (fraction of
     dead/hot pixels), ``halo`` (BF Fresnel fringe; auto), ``speckle`` (BF phase contrast of
-    the support; auto), ``lattice`` (fringe amplitude inside particles, drawn only where
-    the ~0.2 nm spacing is >= 2.2 px), ``row_noise``/``streaks`` (scan lines; auto: on
+    the support; auto; ``speckle_period_px`` its period, default 0.34 nm, and
+    ``speckle_band`` its relative bandwidth: narrow bands make long worm-like fringes),
+    ``lattice`` (fringe amplitude inside particles, drawn only where the ~0.2 nm spacing
+    is >= 2.2 px), ``row_noise``/``streaks`` (scan lines; auto: on
     for ``stm``), ``terraces`` (STM step height relative to a median particle; ``None``:
     0.15 half of the time), ``jpeg_quality`` (8-bit JPEG round trip), ``dtype`` uint8 or uint16.
     ``seed`` may be a ``numpy.random.Generator``.
@@ -644,8 +648,9 @@ def make_particles(
         sp = 0.05 if speckle is None else speckle
         if sp:  # phase-contrast speckle of the amorphous support (~0.45 nm), not blurred by the PSF
             # narrow band around the graphitic 0.34 nm spacing, sharpened into worm-like fringes
-            kpc = float(np.clip(ps / 0.34, 0.06, 0.4))
-            pc = _filtered(spec * np.exp(1j * 1.3), kgrid, np.exp(-(((kgrid - kpc) / (0.3 * kpc)) ** 2)), shape)
+            kpc = float(np.clip(ps / 0.34 if speckle_period_px is None else 1.0 / speckle_period_px, 0.06, 0.4))
+            bw = float(np.clip(speckle_band, 0.05, 1.0)) * kpc
+            pc = _filtered(spec * np.exp(1j * 1.3), kgrid, np.exp(-(((kgrid - kpc) / bw) ** 2)), shape)
             pc = np.tanh(1.5 * pc)
             post = sp * np.sqrt(tsup + 0.5 * part) * pc * illum
     elif mode == "sem":
@@ -738,6 +743,10 @@ def make_particles(
     )
 
 
+#: the share of bright-field draws of :func:`random_micrograph` rendered as HRTEM on carbon
+HRTEM_FRACTION = 0.5
+
+
 def _loguniform(rng, a, b):
     return float(np.exp(rng.uniform(np.log(a), np.log(b))))
 
@@ -746,7 +755,10 @@ def random_micrograph(rng_or_seed: int | np.random.Generator | None = None, shap
                       **overrides) -> SyntheticImage:
     """One micrograph with every parameter drawn from realistic ranges (training data).
 
-    Mode (HAADF 45 %, BF 30 %, SEM 10 %, STM 15 %); median particle diameter 5–80 px
+    Mode (HAADF 45 %, BF 30 %, SEM 10 %, STM 15 %; half of the bright-field draws with
+    particles >= 12 px are HRTEM on carbon, :data:`HRTEM_FRACTION`: faint particles under a
+    worm-like phase-contrast texture 0.3-1x as strong as their own contrast);
+    median particle diameter 5–80 px
     (log-uniform) with a pixel size that keeps it 1–30 nm; size spread; density from
     1.5 % to 45 % of the area (sparse to crowded); touching / overlapping / clustered /
     packed fractions; round, elliptical and faceted shapes; support type, level,
@@ -823,6 +835,22 @@ def random_micrograph(rng_or_seed: int | np.random.Generator | None = None, shap
         "jpeg_quality": int(rng.integers(55, 96)) if rng.random() < 0.5 else None,
         "max_tries": 4 * n + 40,
     }
+    if mode == "bf" and rng.random() < HRTEM_FRACTION and d_px >= 12:
+        # HRTEM of particles on amorphous / graphitic carbon: a strong phase-contrast
+        # texture (worm-like fringes a fraction of a particle wide) as strong as, or
+        # stronger than, the particles' own faint absorption contrast; fringes inside
+        # the particles. Humans label these particles by their dark, coherent cores.
+        c_hr = _loguniform(rng, 0.35, 1.0)
+        p["support_texture"] = float(rng.uniform(0.05, 0.4))
+        ts = np.exp(-0.35 * p["support_level"])
+        d_hr = ts * (1 - np.exp(-0.5 * c_hr))
+        p.update(contrast=c_hr, support="carbon", support_coverage=1.0 if rng.random() < 0.7 else p["support_coverage"],
+                 speckle=float(d_hr * rng.uniform(0.3, 1.0)), speckle_period_px=float(max(2.5, d_px * rng.uniform(0.08, 0.3))),
+                 speckle_band=float(rng.uniform(0.12, 0.4)), lattice=rng.uniform(0.05, 0.4) if rng.random() < 0.6 else 0.0,
+                 blur=float(min(p["blur"], 0.05 * d_px + 0.3)), halo=rng.uniform(0.0, 0.3))
+        p["noise"] *= 0.5
+        if p["dose"]:
+            p["dose"] *= 4.0
     if mode in ("haadf", "bf") and rng.random() < 0.4:
         # soft particle-sized support clumps (hard negatives), 40 % of HAADF and BF images
         p["clouds"] = rng.uniform(0.25, 0.8)
