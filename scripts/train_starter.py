@@ -7,13 +7,15 @@ The shipped starter: 24.6 min from scratch (seed 0), then 24.6 min more with
 ``--init <that model> --lr 1e-3 --seed 1`` once the synthetic images had support clumps,
 then (2026-12-06, once half the bright-field images were HRTEM on carbon) 30 min with
 ``--init <that model> --lr 1e-3 --seed 7 --background-size 0`` and 30 min more with
-``--init <that model> --lr 5e-4 --seed 8 --background-size 0``; ``background_size`` 3 is
+``--init <that model> --lr 5e-4 --seed 8 --background-size 0``, then (ninth session,
+once half of the other bright-field images were crowded fields) 30 min with
+``--init <that model> --lr 5e-4 --seed 10 --background-size 0``; ``background_size`` 3 is
 set in the saved config afterwards (the weights were trained without flattening).
 
 Data: the project's own synthetic micrographs (core.synthetic.random_micrograph: HAADF,
 bright-field, SEM and STM-like renderings, sizes 5-80 px, sparse to crowded, touching and
 overlapping particles, weak to strong noise, soft particle-sized support clumps, faint
-particles under HRTEM phase contrast), regenerated every round, plus MIT-licensed
+particles under HRTEM phase contrast, crowded bright-field fields), regenerated every round, plus MIT-licensed
 real sets from ../shared when present:
 
 - creme (ds25s fov200nm, COCO polygons of dislocation loops in BF-TEM, MIT),
@@ -169,7 +171,7 @@ def main() -> None:
         "minutes": round((time.perf_counter() - t0) / 60, 1),
         "device": str(dev),
         "seed": args.seed,
-        "data": "synthetic (random_micrograph, HRTEM on carbon in half of the BF images) + creme + insitu-TEM-annealing-Ti (MIT); stem-catalyst excluded",
+        "data": "synthetic (random_micrograph, HRTEM on carbon in half of the BF images, crowded fields in half of the rest) + creme + insitu-TEM-annealing-Ti (MIT); stem-catalyst excluded",
         "rounds": history,
         "n_real_regions": len(real),
         "background_size": cfg.background_size,

@@ -265,3 +265,28 @@ def test_hrtem_draws_are_faint_particles_in_strong_texture():
         ts = np.exp(-0.35 * p["support_level"])
         delta = ts * (1 - np.exp(-0.5 * p["contrast"]))  # a median particle's absorption signal
         assert 0.3 * delta - 1e-9 <= p["speckle"] <= 1.0 * delta + 1e-9
+
+
+def test_crowded_bright_field_draws():
+    crowded, other_bf = [], []
+    for seed in range(300):
+        s = random_micrograph(seed, shape=(128, 128))
+        p = s.params
+        if p["scene"] == "crowded_bf":
+            crowded.append(s)
+        elif p["scene"] == "bf":
+            other_bf.append(s)
+        else:
+            assert p["scene"] in ("haadf", "sem", "stm", "hrtem")
+            assert (p["scene"] == "hrtem") == (p.get("speckle_period_px") is not None)
+    # bright field is 30 % of the draws; about a quarter of those are crowded
+    assert 0.03 < len(crowded) / 300 < 0.13
+    for s in crowded:
+        p = s.params
+        assert p["mode"] == "bf" and p["median_diameter_nm"] / p["pixel_size_nm"] >= 8
+        assert 0.35 <= p["sigma"] <= 0.6 and 0.1 <= p["overlap"] <= 0.35 and 0.3 <= p["brightness_spread"] <= 0.6
+        assert 0.5 <= p["clustered"] <= 0.9 and p["packing"] == 0.0
+    # they are crowded: far more of the image inside particles than in the other bright-field draws
+    cover = [float((s.labels > 0).mean()) for s in crowded]
+    cover_other = [float((s.labels > 0).mean()) for s in other_bf]
+    assert np.median(cover) > 1.5 * np.median(cover_other)

@@ -745,6 +745,9 @@ def make_particles(
 
 #: the share of bright-field draws of :func:`random_micrograph` rendered as HRTEM on carbon
 HRTEM_FRACTION = 0.5
+#: the share of the other bright-field draws (particles >= 8 px) rendered as crowded fields:
+#: clustered, overlapping particles of widely spread sizes and darkness on patchy support
+DENSE_BF_FRACTION = 0.5
 
 
 def _loguniform(rng, a, b):
@@ -757,7 +760,10 @@ def random_micrograph(rng_or_seed: int | np.random.Generator | None = None, shap
 
     Mode (HAADF 45 %, BF 30 %, SEM 10 %, STM 15 %; half of the bright-field draws with
     particles >= 12 px are HRTEM on carbon, :data:`HRTEM_FRACTION`: faint particles under a
-    worm-like phase-contrast texture 0.3-1x as strong as their own contrast);
+    worm-like phase-contrast texture 0.3-1x as strong as their own contrast; half of the
+    other bright-field draws with particles >= 8 px are crowded fields,
+    :data:`DENSE_BF_FRACTION`: 25-50 % of the area drawn as clusters of touching and
+    overlapping particles with widely spread sizes and darkness on patchy support);
     median particle diameter 5–80 px
     (log-uniform) with a pixel size that keeps it 1–30 nm; size spread; density from
     1.5 % to 45 % of the area (sparse to crowded); touching / overlapping / clustered /
@@ -769,7 +775,8 @@ def random_micrograph(rng_or_seed: int | np.random.Generator | None = None, shap
     visible); hot pixels, lattice fringes, halo, speckle, scan lines, single sites (HAADF),
     display stretch and JPEG quality. ``overrides`` fix any keyword of
     :func:`make_particles` (``mode`` is honoured before the mode-specific draws). The
-    drawn parameters are in ``result.params``.
+    drawn parameters are in ``result.params``, with ``params["scene"]`` naming the kind of
+    image (the mode, ``"hrtem"`` or ``"crowded_bf"``).
     """
     rng = rng_or_seed if isinstance(rng_or_seed, np.random.Generator) else np.random.default_rng(rng_or_seed)
     h, w = shape
@@ -835,7 +842,9 @@ def random_micrograph(rng_or_seed: int | np.random.Generator | None = None, shap
         "jpeg_quality": int(rng.integers(55, 96)) if rng.random() < 0.5 else None,
         "max_tries": 4 * n + 40,
     }
+    scene = mode
     if mode == "bf" and rng.random() < HRTEM_FRACTION and d_px >= 12:
+        scene = "hrtem"
         # HRTEM of particles on amorphous / graphitic carbon: a strong phase-contrast
         # texture (worm-like fringes a fraction of a particle wide) as strong as, or
         # stronger than, the particles' own faint absorption contrast; fringes inside
@@ -851,6 +860,18 @@ def random_micrograph(rng_or_seed: int | np.random.Generator | None = None, shap
         p["noise"] *= 0.5
         if p["dose"]:
             p["dose"] *= 4.0
+    elif mode == "bf" and rng.random() < DENSE_BF_FRACTION and d_px >= 8:
+        scene = "crowded_bf"
+        # crowded bright-field fields of a high-loading catalyst: clusters of touching and
+        # overlapping particles whose sizes spread widely (small ones faint, large ones dark,
+        # darker where they overlap), on support patches with vacuum between them
+        sig_d = float(rng.uniform(0.35, 0.6))
+        frac_d = float(rng.uniform(0.25, 0.5))
+        n_d = int(np.clip(round(frac_d * h * w / (np.pi * (d_px / 2) ** 2 * np.exp(2 * sig_d**2))), 1, 400))
+        p.update(n=n_d, sigma=sig_d, overlap=float(rng.uniform(0.1, 0.35)), touching=float(rng.uniform(0.3, 0.6)),
+                 clustered=float(rng.uniform(0.5, 0.9)), cluster_size=float(rng.uniform(5, 30)), packing=0.0,
+                 brightness_spread=float(rng.uniform(0.3, 0.6)),
+                 support_coverage=float(rng.uniform(0.4, 0.85)) if rng.random() < 0.6 else 1.0, max_tries=6 * n_d + 40)
     if mode in ("haadf", "bf") and rng.random() < 0.4:
         # soft particle-sized support clumps (hard negatives), 40 % of HAADF and BF images
         p["clouds"] = rng.uniform(0.25, 0.8)
@@ -858,4 +879,5 @@ def random_micrograph(rng_or_seed: int | np.random.Generator | None = None, shap
     p.update(overrides)
     out = make_particles(seed=rng, **p)
     out.params["cnr"] = float(cnr)
+    out.params["scene"] = scene
     return out

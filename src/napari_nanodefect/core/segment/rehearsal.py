@@ -50,7 +50,8 @@ def flattened(image: np.ndarray, diameter_px: float, background_size: float) -> 
 def synthetic_regions(n: int, seed: int, object_diameter_px: float, max_side: int = 320,
                       extra_clouds: float = 0.0, background_size: float = 0.0) -> list[Region]:
     """Training regions from ``n`` random synthetic micrographs (256 x 256, fewer regions
-    when a draw has no particle), deterministic for a ``seed``.
+    when a draw has no particle, or no crop of it holds one), deterministic for a ``seed``;
+    every region holds particles.
 
     ``extra_clouds``: the fraction of images given strong support clumps on top of those
     :func:`random_micrograph` draws itself (clouds 0.4-1.0 x a particle's peak)."""
@@ -68,7 +69,13 @@ def synthetic_regions(n: int, seed: int, object_diameter_px: float, max_side: in
         img, lab = flattened(s.image, object_diameter_px / scale, background_size), s.labels
         side = int(max_side / scale)
         if side < img.shape[0]:  # keep scaled regions small: crop before upscaling
-            y0, x0 = rng.integers(0, img.shape[0] - side + 1, size=2)
+            # a crop that holds particles (crowded fields can leave vacuum between patches)
+            for _ in range(8):
+                y0, x0 = rng.integers(0, img.shape[0] - side + 1, size=2)
+                if lab[y0 : y0 + side, x0 : x0 + side].any():
+                    break
+            else:
+                continue
             img, lab = img[y0 : y0 + side, x0 : x0 + side], lab[y0 : y0 + side, x0 : x0 + side]
         out.append(region_from_labels(img, lab, scale, val_fraction=0.0, name=f"synthetic{i}"))
     return out
