@@ -62,6 +62,8 @@ def main(argv=None) -> int:
     ap.add_argument("--train", nargs=2, default=["Cu1", "Cu3"])
     ap.add_argument("--budget", type=float, default=60.0, help="fine-tuning seconds")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--patience", type=int, default=None,
+                    help="validation checks without improvement before early stopping (default: train()'s)")
     ap.add_argument("--starter", default=None, metavar="DIR",
                     help="fine-tune this model folder instead of the shipped starter (e.g. a new scripts/train_starter.py output)")
     ap.add_argument("--no-baselines", action="store_true")
@@ -82,7 +84,7 @@ def main(argv=None) -> int:
         paths = make_training_labelme(samples, args.train, Path(tmp), max_objects=50, seed=args.seed)
         t0 = time.perf_counter()
         res = train(paths, args.keep_model or Path(tmp) / "model", base=args.starter or "starter", time_budget_s=args.budget,
-                    seed=args.seed)
+                    seed=args.seed, **({} if args.patience is None else {"patience": args.patience}))
         out["fine_tune"] = {"wall_s": round(time.perf_counter() - t0, 1), **{k: res.summary[k] for k in
                             ("iterations", "loop_seconds", "best_val_f1", "n_objects", "n_crops", "scales")}}
         print(f"fine-tuned on {res.summary['n_objects']} objects in {res.summary['n_crops']} crops: "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -316,10 +317,35 @@ def test_early_stopping_stops_when_validation_stalls(tmp_path):
     s = make_particles(shape=(256, 256), n=40, seed=3)
     item = TrainingImage(_crop_set(s, [Crop(0, 0, 256, 256)]), s.image, None)
     res = train([item], None, base=None, config=ModelConfig(**TINY), epochs=100, batch_size=4, patch=64,
-                validate_every_s=0.0, patience=2, lr=1e-9)  # a learning rate too small to improve anything
+                validate_every_s=0.0, patience=2, min_train_s=0.0, lr=1e-9)  # a learning rate too small to improve anything
     assert res.summary["iterations"] < 100 * res.summary["iterations_per_epoch"]
     assert len(res.history) >= 3 and not any(h.improved for h in res.history[-2:])
     assert res.summary["kept"] == "last"  # stopped early by itself: the final weights (see fit)
+
+
+def test_no_early_stopping_before_min_train_s(tmp_path):
+    s = make_particles(shape=(256, 256), n=40, seed=3)
+    item = TrainingImage(_crop_set(s, [Crop(0, 0, 256, 256)]), s.image, None)
+    res = train([item], None, base=None, config=ModelConfig(**TINY), time_budget_s=8.0, batch_size=4, patch=64,
+                validate_every_s=0.0, patience=2, min_train_s=3.0, lr=1e-9)
+    # a stalled validation would stop it after 3 checks; it trains on until 3 s have passed,
+    # then early stopping ends it well before its budget
+    assert res.summary["loop_seconds"] >= 3.0
+    assert res.summary["loop_seconds"] < res.summary["loop_budget_s"] - 1.0
+    assert len(res.history) > 3 and not any(h.improved for h in res.history[-3:])
+
+
+def test_time_budget_counts_the_whole_call(tmp_path):
+    s = make_particles(shape=(256, 256), n=40, seed=3)
+    item = TrainingImage(_crop_set(s, [Crop(0, 0, 256, 256)]), s.image, None)
+    t0 = time.perf_counter()
+    res = train([item], tmp_path / "m", base=None, config=ModelConfig(**TINY), time_budget_s=5.0, batch_size=4,
+                patch=64, validate_every_s=1.0, patience=10**6)
+    wall = time.perf_counter() - t0
+    sm = res.summary
+    assert sm["time_budget_s"] == 5.0 and 2.5 <= sm["loop_budget_s"] <= 5.0 - 1.0
+    assert sm["loop_seconds"] >= sm["loop_budget_s"]  # the loop used what it was given...
+    assert wall < 5.0 + 1.5  # ...and the call as a whole stayed near the budget (saving included)
 
 
 def test_seed_counting_in_bands_gives_the_same_instances(monkeypatch):

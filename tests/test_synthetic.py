@@ -290,3 +290,36 @@ def test_crowded_bright_field_draws():
     cover = [float((s.labels > 0).mean()) for s in crowded]
     cover_other = [float((s.labels > 0).mean()) for s in other_bf]
     assert np.median(cover) > 1.5 * np.median(cover_other)
+
+
+def _particle_contrasts(s) -> np.ndarray:
+    """Peak (lightly smoothed) signal of each particle above the median of a 2-px ring around it."""
+    img = s.image.astype(np.float64)
+    lab = s.labels
+    ids = np.unique(lab[lab > 0])
+    ring = ndi.grey_dilation(lab, size=5)
+    ring[lab > 0] = 0
+    peak = ndi.maximum(ndi.gaussian_filter(img, 1.0), lab, ids)
+    return np.asarray(peak) - np.asarray(ndi.median(img, ring, ids))
+
+
+def test_size_contrast_exponent_and_visibility_floor():
+    kw = dict(shape=(256, 256), n=60, median_diameter_nm=8.0, sigma=0.45, pixel_size_nm=0.5, noise=0.0, dose=None,
+              blur=0.3, brightness_spread=0.0, support_texture=0.0, support_level=0.1, gradient=0.0, touching=0.0,
+              clouds=0.0, clip_percentiles=(0.0, 100.0), dtype="uint16", seed=3)
+    flat = make_particles(size_contrast_exponent=0.0, **kw)
+    steep = make_particles(size_contrast_exponent=1.2, **kw)
+    assert np.array_equal(flat.labels, steep.labels)  # same particles, only their brightness differs
+    d = flat.diameters_nm
+    # no noise, same particles: each particle's signal relative to its flat rendering is
+    # its size factor (times one global display factor)
+    c0 = _particle_contrasts(flat)
+    r1 = _particle_contrasts(steep) / c0
+    from scipy.stats import spearmanr
+
+    assert spearmanr(d, r1)[0] > 0.8  # brighter with size
+    assert np.min(r1) < 0.6 * np.median(r1)  # the small ones are faint
+    # ... but never below a quarter of a median particle (without the floor the smallest
+    # would be ~0.03 of the median at exponent 4)
+    r4 = _particle_contrasts(make_particles(size_contrast_exponent=4.0, **kw)) / c0
+    assert 0.18 < np.min(r4) / np.median(r4) < 0.4

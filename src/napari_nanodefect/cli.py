@@ -481,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(ordered vs disordered, or any image classes)")
     s.add_argument("--out", required=True, metavar="MODEL_DIR")
     g = s.add_mutually_exclusive_group()
-    g.add_argument("--time-budget", type=float, default=60.0, metavar="S", help="seconds of training (default 60)")
+    g.add_argument("--time-budget", type=float, default=60.0, metavar="S", help="seconds of training (default 60); for particle models the whole call, data set-up and saving included")
     g.add_argument("--epochs", type=int, default=None, metavar="N")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--from", dest="base", default="starter", metavar="MODEL_DIR",

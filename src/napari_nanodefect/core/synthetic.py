@@ -296,6 +296,7 @@ def make_particles(
     contrast: float = 1.0,
     thickness_exponent: float = 0.5,
     brightness_spread: float = 0.12,
+    size_contrast_exponent: float = 0.6,
     lattice: float = 0.0,
     halo: float | None = None,
     speckle: float | None = None,
@@ -340,7 +341,9 @@ def make_particles(
     (hard negatives: particle-sized bright spots that are not particles).
     ``thickness_exponent`` shapes the particle profile (0.5: sphere),
     ``brightness_spread`` is the log-normal spread of the particle brightness
-    (composition, orientation / diffraction contrast). Imaging: ``blur`` (Gaussian PSF sigma, px), ``gradient``/``vignetting``
+    (composition, orientation / diffraction contrast); a particle's brightness also grows
+    as (diameter / median diameter) ** ``size_contrast_exponent`` (projected thickness:
+    small particles are fainter), never below a quarter of a median particle's. Imaging: ``blur`` (Gaussian PSF sigma, px), ``gradient``/``vignetting``
     (illumination), ``dose`` (counts per pixel at a particle peak, ``None`` = no shot
     noise), ``noise`` (Gaussian read noise, same units), ``hot_pixels`` (fraction of
     dead/hot pixels), ``halo`` (BF Fresnel fringe; auto), ``speckle`` (BF phase contrast of
@@ -579,7 +582,8 @@ def make_particles(
         # thickness: sphere-like sqrt(1 - g^2) (flatter for faceted), scaled by size
         gm = g[mask]
         prof = np.clip(1 - gm**shp.q, 0, 1) ** thickness_exponent
-        amp = (r / r_med) ** 0.6 * math.exp(R.gauss(0, brightness_spread))
+        # never fainter than a quarter of a median particle: labelled particles stay visible
+        amp = max(0.25, (r / r_med) ** size_contrast_exponent * math.exp(R.gauss(0, brightness_spread)))
         t = (0.18 + 0.82 * prof) * amp
         if lattice > 0:
             period = R.choice([0.2265, 0.196, 0.208, 0.205, 0.235]) / ps
