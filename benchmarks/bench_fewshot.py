@@ -62,6 +62,8 @@ def main(argv=None) -> int:
     ap.add_argument("--train", nargs=2, default=["Cu1", "Cu3"])
     ap.add_argument("--budget", type=float, default=60.0, help="fine-tuning seconds")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--crop-seed", type=int, default=None,
+                    help="seed of the crop choice (default: --seed); fix it to vary only the fine-tune")
     ap.add_argument("--patience", type=int, default=None,
                     help="validation checks without improvement before early stopping (default: train()'s)")
     ap.add_argument("--starter", default=None, metavar="DIR",
@@ -81,7 +83,8 @@ def main(argv=None) -> int:
     out: dict = {"train": args.train, "budget_s": args.budget, "n_test_images": len(test),
                  "n_test_boxes": int(sum(len(s.boxes) for s in test))}
     with tempfile.TemporaryDirectory() as tmp:
-        paths = make_training_labelme(samples, args.train, Path(tmp), max_objects=50, seed=args.seed)
+        paths = make_training_labelme(samples, args.train, Path(tmp), max_objects=50,
+                                      seed=args.seed if args.crop_seed is None else args.crop_seed)
         t0 = time.perf_counter()
         res = train(paths, args.keep_model or Path(tmp) / "model", base=args.starter or "starter", time_budget_s=args.budget,
                     seed=args.seed, **({} if args.patience is None else {"patience": args.patience}))
