@@ -1,6 +1,12 @@
 """Few-shot benchmark on real STEM/TEM catalyst images (issue 3's headline figure).
 
     python benchmarks/bench_fewshot.py [--train Cu1 Cu3] [--budget 60] [--no-baselines] [--json out.json]
+        [--seed N] [--crop-seed N] [--only-ours] [--tta] [--keep-model DIR] [--starter DIR]
+        [--patience N] [--scale-jitter J] [--patch P]
+
+``--seed`` sets both the crops and the fine-tune; ``--crop-seed`` fixes the crops so that
+only the fine-tune varies. ``--scale-jitter`` / ``--patch`` pass train()'s options (for
+experiments; the defaults are train()'s).
 
 Protocol (../shared/data/real/stem-catalyst-nanoparticles, MIT; YOLO boxes):
 - two training images; in each, one square crop holding <= 50 objects (every box that
@@ -66,6 +72,8 @@ def main(argv=None) -> int:
                     help="seed of the crop choice (default: --seed); fix it to vary only the fine-tune")
     ap.add_argument("--patience", type=int, default=None,
                     help="validation checks without improvement before early stopping (default: train()'s)")
+    ap.add_argument("--scale-jitter", type=float, default=None, help="train()'s scale_jitter (default: train()'s)")
+    ap.add_argument("--patch", type=int, default=None, help="training patch size (default: train()'s)")
     ap.add_argument("--starter", default=None, metavar="DIR",
                     help="fine-tune this model folder instead of the shipped starter (e.g. a new scripts/train_starter.py output)")
     ap.add_argument("--no-baselines", action="store_true")
@@ -87,7 +95,8 @@ def main(argv=None) -> int:
                                       seed=args.seed if args.crop_seed is None else args.crop_seed)
         t0 = time.perf_counter()
         res = train(paths, args.keep_model or Path(tmp) / "model", base=args.starter or "starter", time_budget_s=args.budget,
-                    seed=args.seed, **({} if args.patience is None else {"patience": args.patience}))
+                    seed=args.seed, **{k: v for k, v in (("patience", args.patience), ("scale_jitter", args.scale_jitter),
+                                            ("patch", args.patch)) if v is not None})
         out["fine_tune"] = {"wall_s": round(time.perf_counter() - t0, 1), **{k: res.summary[k] for k in
                             ("iterations", "loop_seconds", "best_val_f1", "n_objects", "n_crops", "scales")}}
         print(f"fine-tuned on {res.summary['n_objects']} objects in {res.summary['n_crops']} crops: "
