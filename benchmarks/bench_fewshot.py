@@ -1,12 +1,13 @@
 """Few-shot benchmark on real STEM/TEM catalyst images (issue 3's headline figure).
 
     python benchmarks/bench_fewshot.py [--train Cu1 Cu3] [--budget 60] [--no-baselines] [--json out.json]
-        [--seed N] [--crop-seed N] [--only-ours] [--tta] [--keep-model DIR] [--starter DIR]
+        [--seed N] [--crop-seed N] [--only-ours] [--zoom] [--tta] [--keep-model DIR] [--starter DIR]
         [--patience N] [--scale-jitter J] [--patch P]
 
 ``--seed`` sets both the crops and the fine-tune; ``--crop-seed`` fixes the crops so that
 only the fine-tune varies. ``--scale-jitter`` / ``--patch`` pass train()'s options (for
-experiments; the defaults are train()'s).
+experiments; the defaults are train()'s). ``--zoom`` / ``--tta`` add rows for the same
+fine-tuned model predicted with ``zoom=True`` / ``tta=True``.
 
 Protocol (../shared/data/real/stem-catalyst-nanoparticles, MIT; YOLO boxes):
 - two training images; in each, one square crop holding <= 50 objects (every box that
@@ -41,15 +42,15 @@ from napari_nanodefect.core.segment.predict import predict_array  # noqa: E402
 from napari_nanodefect.core.segment.train import train  # noqa: E402
 
 
-METHODS = ("ours", "ours_tta", "starter_only", "otsu", "rf")
+METHODS = ("ours", "ours_zoom", "ours_tta", "starter_only", "otsu", "rf")
 
 
-def evaluate(model, samples, label: str, verbose: bool = True, tta: bool = False) -> dict:
+def evaluate(model, samples, label: str, verbose: bool = True, tta: bool = False, zoom: bool = False) -> dict:
     per = {}
     t0 = time.perf_counter()
     for s in samples:
         t = time.perf_counter()
-        pred = predict_array(model, s.image, tta=tta)
+        pred = predict_array(model, s.image, tta=tta, zoom=zoom)
         r = centroid_in_box(pred.labels, s.boxes)
         per[s.name] = {k: r[k] for k in ("tp", "fp", "fn", "n_truth", "n_pred", "precision", "recall", "f1")}
         per[s.name].update(scale=round(pred.scale, 3), seconds=round(time.perf_counter() - t, 2))
@@ -81,6 +82,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--keep-model", default=None, metavar="DIR", help="save the fine-tuned model here")
     ap.add_argument("--only-ours", action="store_true", help="skip the starter-only and baseline runs")
+    ap.add_argument("--zoom", action="store_true",
+                    help="also evaluate the fine-tuned model with zoom=True (a second pass for small particles)")
     ap.add_argument("--tta", action="store_true", help="also evaluate the fine-tuned model with tta=True (4 flipped views)")
     args = ap.parse_args(argv)
     if not DATA_ROOT.exists():
@@ -103,6 +106,8 @@ def main(argv=None) -> int:
               f"{res.summary['iterations']} iterations, {res.summary['loop_seconds']:.1f} s loop, "
               f"{out['fine_tune']['wall_s']:.1f} s wall", flush=True)
         out["ours"] = evaluate(res.model, test, "ours")
+        if args.zoom:
+            out["ours_zoom"] = evaluate(res.model, test, "ours+zoom", zoom=True)
         if args.tta:
             out["ours_tta"] = evaluate(res.model, test, "ours+tta", tta=True)
     if args.only_ours:

@@ -122,6 +122,13 @@ def test_train_and_predict_cli(demo_dir, tmp_path, capsys):
                  str(tmp_path / "p" / "demo.json"), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["pooled"]["at_iou"]["f1"] == 1.0
+    # --zoom: the same particles, plus any the second pass adds
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "m"), str(out / "demo.tif"), "--out", str(tmp_path / "pz"), "--quiet",
+                 "--zoom"]) == 0
+    assert "zoom pass" in capsys.readouterr().out
+    zl = read_label_tiff(tmp_path / "pz" / "demo_labels.tif").labels
+    np.testing.assert_array_equal(np.where(lab.labels > 0, zl, 0), lab.labels)
 
 
 def test_predict_cli_bad_model(tmp_path, capsys):

@@ -754,3 +754,95 @@ def test_prediction_drops_objects_of_the_minority_contrast():
     assert "contrast" in kept.seconds
     model.config.contrast_ring_px = 0  # off: every blob
     assert predict_array(model, img, scale=1.0).count == 20
+
+
+# -- a second look for small particles (zoom) -------------------------------------------
+
+def test_add_missed_objects_adds_only_separate_objects_that_stand_out(monkeypatch):
+    from napari_nanodefect.core.segment import instances as inst
+
+    shape = (120, 200)
+    first = _disks(shape, [(20, 20), (20, 60), (20, 100), (20, 140), (20, 180)], 8)
+    img = np.full(shape, 100.0)
+    img[first > 0] = 200.0  # the particles found: contrast +100
+    # the second segmentation: 1 the first object again (shifted), 2 a new particle of
+    # contrast +80, 3 a faint one (+30 < half of +100), 4 a reversed one (-80), 5 a new one
+    # whose edge touches object 2 of the first pass, 6 one two pixels clear of object 3,
+    # 7 a second clear particle (+60)
+    extra = np.zeros(shape, np.int32)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+
+    def disk(k, cy, cx, r, value=None):
+        m = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        extra[m] = k
+        if value is not None:
+            img[m] = value
+
+    disk(1, 22, 22, 8)
+    disk(2, 70, 30, 4, 180.0)
+    disk(3, 70, 70, 4, 130.0)
+    disk(4, 70, 110, 4, 20.0)
+    disk(5, 20, 73, 4, 200.0)  # columns 69..77: column 69 is next to object 2 (52..68)
+    disk(6, 20, 114, 4, 200.0)  # columns 110..118: two pixels clear of object 3 (92..108)
+    disk(7, 100, 160, 5, 160.0)
+    merged, keep = inst.add_missed_objects(first, extra, img, 3)
+    assert keep.tolist() == [False, True, False, False, False, True, True]
+    assert merged.max() == 8
+    np.testing.assert_array_equal(np.where(first > 0, merged, 0), first)  # the first objects unchanged
+    for new, old in zip((6, 7, 8), (2, 6, 7)):  # added in their order, numbered after them
+        np.testing.assert_array_equal(merged == new, extra == old)
+    assert not np.shares_memory(merged, first)
+    # a stricter contrast rule drops the +60 particle; band by band gives the same
+    assert inst.add_missed_objects(first, extra, img, 3, min_contrast=0.7)[1].tolist() == \
+        [False, True, False, False, False, True, False]
+    monkeypatch.setattr(inst, "SEED_BAND_PIXELS", 200 * 7)
+    np.testing.assert_array_equal(inst.add_missed_objects(first, extra, img, 3)[0], merged)
+    # nothing found first: the sign comes from the new objects themselves (4 bright, 1 dark)
+    none = np.zeros(shape, np.int32)
+    merged0, keep0 = inst.add_missed_objects(none, extra, img, 3)
+    assert keep0.tolist() == [True, True, True, False, True, True, True]
+    assert merged0.max() == 6
+    # nothing new, and mismatched shapes
+    assert inst.add_missed_objects(first, none, img, 3)[0].max() == 5
+    with pytest.raises(ValueError, match="shapes differ"):
+        inst.add_missed_objects(first, extra[:, :100], img, 3)
+
+
+class SizeNet(torch.nn.Module):
+    """Finds bright blobs that fill at least half of a 9x9 window: disks of radius 3 px are
+    too small at scale 1 and found at scale 1.39 (radius 4.2)."""
+
+    def forward(self, x):
+        fill = torch.nn.functional.avg_pool2d(x, 9, 1, 4, count_include_pad=False)
+        logit = (fill - 0.5) * 40
+        return torch.cat([logit, logit], dim=1)
+
+
+def test_predict_with_zoom_adds_the_particles_too_small_for_the_first_scale():
+    from napari_nanodefect.core.segment.predict import MAX_ZOOM_SCALE, ZOOM_FACTOR
+
+    shape = (260, 330)
+    big = [(30 + 70 * i, 30 + 70 * j) for i in range(4) for j in range(5)]
+    small = [(65 + 70 * i, 65 + 70 * j) for i in range(3) for j in range(4)]
+    lab_big, lab_small = _disks(shape, big, 9), _disks(shape, small, 3)
+    img = ((lab_big > 0) | (lab_small > 0)).astype(np.float32)
+    model = LoadedModel(SizeNet().eval(), ModelConfig(min_area_px=4, tile_size=128, tile_overlap=48), None,
+                        torch.device("cpu"))
+    plain = predict_array(model, img, scale=1.0)
+    assert plain.count == 20 and match_instances(lab_big, plain.labels, 0.8)["f1"] == 1.0
+    zoomed = predict_array(model, img, scale=1.0, zoom=True)
+    assert zoomed.count == 32 and zoomed.scale == 1.0
+    np.testing.assert_array_equal(np.where(plain.labels > 0, zoomed.labels, 0), plain.labels)
+    # the 12 added objects: one inside each small disk
+    added = np.unique(zoomed.labels[(lab_small > 0)])
+    assert sorted(added[added > 0].tolist()) == list(range(21, 33))
+    assert "zoom" in zoomed.seconds and f"zoom pass at {ZOOM_FACTOR:.3g} added 12" in zoomed.scale_source
+    assert zoomed.classes == {k: "particle" for k in range(1, 33)}
+    # one tile or many: the same objects
+    whole = predict_array(model, img, scale=1.0, zoom=True, tile_size=2048, overlap=0)
+    assert whole.count == 32 and match_instances(zoomed.labels, whole.labels, 0.5)["f1"] == 1.0
+    # no zoom pass beyond MAX_ZOOM_SCALE: the image would be shown larger than it has detail for
+    s = MAX_ZOOM_SCALE / ZOOM_FACTOR * 1.05
+    hi = predict_array(model, img, scale=s, zoom=True)
+    np.testing.assert_array_equal(hi.labels, predict_array(model, img, scale=s).labels)
+    assert "no zoom pass" in hi.scale_source and "zoom" not in hi.seconds

@@ -129,6 +129,16 @@ def test_predict_widget_whole_image_replace_add_and_view(make_napari_viewer, qtb
     qtbot.waitUntil(lambda: not w.busy, timeout=60000)
     assert "syn_haadf predictions [2]" in viewer.layers
     np.testing.assert_array_equal(viewer.layers["syn_haadf predictions [2]"].data, lab.data)  # deterministic
+    assert "zoom" not in w.last_result["scale_source"]
+    # the second look for small particles: the first pass's particles stay, more may come
+    w.zoom.setChecked(True)
+    w.run_btn.click()
+    qtbot.waitUntil(lambda: not w.busy, timeout=60000)
+    zoomed = viewer.layers["syn_haadf predictions [3]"].data
+    assert "zoom pass" in w.last_result["scale_source"]
+    np.testing.assert_array_equal(np.where(lab.data > 0, zoomed, 0), lab.data)
+    assert zoomed.max() >= lab.data.max()
+    w.zoom.setChecked(False)
     # current view only: zoom into the top-left quarter
     w.mode.setCurrentIndex(0)
     w.where.setCurrentText("current view")

@@ -241,6 +241,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         kwargs["overlap"] = args.overlap
     if args.tta:
         kwargs["tta"] = True
+    if args.zoom:
+        kwargs["zoom"] = True
     results, coco = predict_files(model, args.images, args.out, on_image=on_image, **kwargs)
     for b in bars:
         b.close()
@@ -401,6 +403,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
         kwargs["pixel_size_nm"] = args.pixel_size
     if args.scale != "auto":
         kwargs["scale"] = float(args.scale)
+    if args.zoom:
+        kwargs["zoom"] = True
     bar = None
 
     def progress(info: dict) -> None:
@@ -519,6 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overlap", type=int, default=None, help="tile overlap in network px")
     s.add_argument("--tta", action="store_true",
                    help="particle models: average the maps over 4 flipped/transposed views (~4x slower, fewer spurious objects)")
+    s.add_argument("--zoom", action="store_true",
+                   help="particle models: a second pass at 1.39x the scale adds particles too small for the first "
+                        "(~2x the network time; docs/model.md)")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--threshold", type=float, default=None,
                    help="defect models: probability threshold (default: the model's calibrated one, else 0.5)")
@@ -543,6 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--pixel-size", type=float, default=None, metavar="NM", help="pixel size of all images (nm)")
     s.add_argument("--scale", default="auto", help="network px per image px, or auto (default)")
+    s.add_argument("--zoom", action="store_true",
+                   help="a second pass at 1.39x the scale adds particles too small for the first (~2x the network time)")
     s.add_argument("--no-retry", action="store_true", help="do not retry images that failed in an earlier run")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_batch)

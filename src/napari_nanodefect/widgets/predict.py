@@ -69,7 +69,7 @@ def view_region(viewer, layer, shape: tuple[int, int]) -> tuple[slice, slice]:
 def run_prediction(model, plane: np.ndarray, pixel_size_nm: float | None, region: tuple[slice, slice] | None,
                    keep_probability: bool, tile_size: int | None, overlap: int | None, scale: Any,
                    progress=None, image_for_measure: np.ndarray | None = None,
-                   valid_region: tuple[int, int, int, int] | None = None) -> dict[str, Any]:
+                   valid_region: tuple[int, int, int, int] | None = None, zoom: bool = False) -> dict[str, Any]:
     """Predict ``plane`` (or its ``region``) and measure the particles (Qt-free; runs in the worker)."""
     from ..core.measure.particles import measure_particles
     from ..core.segment import predict_array
@@ -77,7 +77,7 @@ def run_prediction(model, plane: np.ndarray, pixel_size_nm: float | None, region
     t0 = time.perf_counter()
     sub = plane if region is None else plane[region]
     pred = predict_array(model, np.asarray(sub), pixel_size_nm=pixel_size_nm, scale=scale, progress=progress,
-                         keep_foreground=keep_probability, tile_size=tile_size, overlap=overlap)
+                         keep_foreground=keep_probability, tile_size=tile_size, overlap=overlap, zoom=zoom)
     labels = pred.labels.astype(np.int32, copy=False)
     prob = pred.foreground
     if region is not None:
@@ -116,6 +116,9 @@ class PredictWidget(QWidget):
         self.mode = QComboBox()
         self.mode.addItems(["replace the predictions layer", "add a new layer"])
         self.keep_prob = QCheckBox("also show the probability map")
+        self.zoom = QCheckBox("second look for small particles (~2x slower)")
+        self.zoom.setToolTip("particle models: segment again at 1.39x the scale and add the particles "
+                             "the first pass missed (docs/model.md)")
         adv = QGroupBox("Advanced")
         adv.setCheckable(True)
         adv.setChecked(False)
@@ -150,6 +153,7 @@ class PredictWidget(QWidget):
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addWidget(self.keep_prob)
+        lay.addWidget(self.zoom)
         lay.addWidget(adv)
         lay.addWidget(self.run_btn)
         lay.addWidget(self.status)
@@ -228,7 +232,7 @@ class PredictWidget(QWidget):
                       tile_size=(self.tile.value() or None) if self.advanced.isChecked() else None,
                       overlap=(self.overlap.value() or None) if self.advanced.isChecked() else None,
                       scale=(self.scale.value() or "auto") if self.advanced.isChecked() else "auto",
-                      image_for_measure=plane, valid_region=valid)
+                      image_for_measure=plane, valid_region=valid, zoom=self.zoom.isChecked())
         self._tiles = (0, 0)
         self._pbar = progress(total=0, desc=f"predicting {im.name}")
         self._target = im

@@ -179,3 +179,51 @@ def _remove_small(labels: np.ndarray, min_area: float) -> np.ndarray:
     for r0 in range(0, labels.shape[0], band):
         labels[r0:r0 + band] = lut[labels[r0:r0 + band]]
     return labels
+
+
+def add_missed_objects(labels: np.ndarray, extra: np.ndarray, image: np.ndarray, ring_px: int,
+                       min_contrast: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Add to ``labels`` the objects of ``extra`` (a second segmentation of the same image,
+    e.g. at a finer scale) that the first one missed.
+
+    An object of ``extra`` is added when none of its pixels is in or next to (sharing an
+    edge with) an object of ``labels``, and it stands out from its surroundings like the particles
+    already found: its :func:`object_contrast` has the sign of the median contrast of the
+    objects of ``labels`` and at least ``min_contrast`` times its size. Objects without a
+    ring (packed among others) pass the contrast test. With fewer than
+    :data:`MIN_OBJECTS_FOR_POLARITY` measurable objects in ``labels`` the sign is taken from
+    ``extra``'s own objects and the size is not tested.
+
+    Returns ``(merged, keep)``: a new label image, with the objects of ``labels`` unchanged
+    and the added ones numbered after them in their order in ``extra``, and ``keep``, a
+    boolean mask over ``extra``'s labels 1..m."""
+    if labels.shape != extra.shape or labels.shape != image.shape:
+        raise ValueError(f"shapes differ: labels {labels.shape}, extra {extra.shape}, image {image.shape}")
+    n1 = int(labels.max()) if labels.size else 0
+    m = int(extra.max()) if extra.size else 0
+    if m == 0:
+        return labels.copy(), np.zeros(0, bool)
+    occupied = ndi.binary_dilation(labels > 0)
+    touching = np.bincount(extra[occupied], minlength=m + 1)[1:] > 0
+    present = np.bincount(extra.ravel(), minlength=m + 1)[1:] > 0
+    keep = present & ~touching
+    c2 = object_contrast(extra, image, ring_px)
+    c1 = object_contrast(labels, image, ring_px) if n1 else np.zeros(0)
+    c1 = c1[np.isfinite(c1)]
+    measurable = np.isfinite(c2)
+    if c1.size >= MIN_OBJECTS_FOR_POLARITY and np.median(c1) != 0:
+        ref = float(np.median(c1))
+        ok = ~measurable | (np.where(measurable, c2, 0.0) * np.sign(ref) >= min_contrast * abs(ref))
+    else:
+        own = c2[measurable]
+        sign = np.sign(np.median(own)) if own.size >= MIN_OBJECTS_FOR_POLARITY else 0.0
+        ok = ~measurable | (np.where(measurable, c2, 0.0) * sign > 0) if sign != 0 else np.ones(m, bool)
+    keep &= ok
+    lut = np.zeros(m + 1, np.int32)
+    lut[1:][keep] = np.arange(n1 + 1, n1 + 1 + int(keep.sum()), dtype=np.int32)
+    merged = np.asarray(labels, np.int32).copy()
+    band = max(1, SEED_BAND_PIXELS // max(labels.shape[1], 1))
+    for r0 in range(0, labels.shape[0], band):
+        new = lut[extra[r0:r0 + band]]
+        np.copyto(merged[r0:r0 + band], new, where=new > 0)
+    return merged, keep
