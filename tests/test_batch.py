@@ -116,6 +116,20 @@ def test_rerun_skips_done_redoes_changed_and_retries_failed(batch_dir):
     assert sorted(res.skipped) == ["A/img0", "B/img1"]
     man = json.loads((out / MANIFEST).read_text())
     assert man["images"]["A/img1"]["count"] == read_label_tiff(out / "A" / "img1_labels.tif").labels.max()
+    assert man["images"]["A/img1"]["predict_kwargs"] == {}
+    # other prediction options: everything is redone, once
+    res = run_batch(None, [root / "in"], out, workers=1, retry_failed=False, predict_kwargs={"zoom": True})
+    assert sorted(res.done) == ["A/img0", "A/img1", "B/img0", "B/img1"] and not res.skipped
+    assert "zoom" in json.loads((out / MANIFEST).read_text())["images"]["A/img0"]["scale_source"]
+    res = run_batch(None, [root / "in"], out, workers=1, retry_failed=False, predict_kwargs={"zoom": True})
+    assert len(res.skipped) == 4 and not res.done
+    # an entry from before the options were recorded counts as the defaults
+    man = json.loads((out / MANIFEST).read_text())
+    for e in man["images"].values():
+        e.pop("predict_kwargs", None)
+    (out / MANIFEST).write_text(json.dumps(man))
+    res = run_batch(None, [root / "in"], out, workers=1, retry_failed=False)
+    assert len(res.skipped) == 4 and not res.done
 
 
 def _is_worker(pid: str) -> bool:

@@ -33,3 +33,11 @@ def test_batch_dock_runs_in_background_and_resumes(make_napari_viewer, qtbot, tm
     qtbot.waitUntil(lambda: not w.busy, timeout=180_000)
     assert not w.result.done and len(w.result.skipped) == 3
     assert "3 skipped" in w.status.text()
+    # the second look for small particles reaches every image's prediction
+    assert all("zoom" not in e["scale_source"] for e in w.result.manifest["images"].values())
+    w.zoom.setChecked(True)
+    w.out_edit.setText(str(tmp_path / "out_zoom"))
+    assert w.run()
+    qtbot.waitUntil(lambda: not w.busy, timeout=180_000)
+    assert len(w.result.done) == 3
+    assert all("zoom pass" in e["scale_source"] for e in w.result.manifest["images"].values())

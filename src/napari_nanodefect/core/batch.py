@@ -430,13 +430,16 @@ def run_batch(
     entries: dict[str, Any] = manifest["images"]
     res = BatchResult(out=out, manifest=manifest)
 
+    # the prediction options (scale, pixel size, zoom...): a result made with other options
+    # is redone (entries written before the options were recorded had none)
+    settings = _jsonable(dict(predict_kwargs or {}))
     todo = []
     for im in images:
         st = im.path.stat()
         e = entries.get(im.key)
         same_file = e is not None and e.get("path") == str(im.path) and e.get("size") == st.st_size and (
             e.get("mtime_ns") == st.st_mtime_ns or e.get("input_sha256") == file_sha256(im.path))
-        if e is not None and same_file and e.get("model_sha256") == mhash:
+        if e is not None and same_file and e.get("model_sha256") == mhash and e.get("predict_kwargs", {}) == settings:
             if e.get("status") == "ok" and _outputs_exist(out, im.key):
                 res.skipped.append(im.key)
                 continue
@@ -470,7 +473,7 @@ def run_batch(
                 except Exception as exc:  # noqa: BLE001 - a worker died (out of memory, killed)
                     r = {"status": "failed", "error": f"worker lost: {type(exc).__name__}: {exc}"[:500]}
                 entry = {"path": t["image"], "group": t["group"], "size": t["size"], "mtime_ns": t["mtime_ns"],
-                         "input_sha256": t["input_sha256"], "model_sha256": mhash,
+                         "input_sha256": t["input_sha256"], "model_sha256": mhash, "predict_kwargs": settings,
                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **r}
                 entries[t["key"]] = entry
                 atomic_write_json(mpath, manifest)
