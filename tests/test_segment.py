@@ -793,6 +793,10 @@ def test_add_missed_objects_adds_only_separate_objects_that_stand_out(monkeypatc
     for new, old in zip((6, 7, 8), (2, 6, 7)):  # added in their order, numbered after them
         np.testing.assert_array_equal(merged == new, extra == old)
     assert not np.shares_memory(merged, first)
+    own = first.copy()  # in place: the caller's int32 labels are updated and returned
+    out, _ = inst.add_missed_objects(own, extra, img, 3, in_place=True)
+    assert out is own
+    np.testing.assert_array_equal(own, merged)
     # a stricter contrast rule drops the +60 particle; band by band gives the same
     assert inst.add_missed_objects(first, extra, img, 3, min_contrast=0.7)[1].tolist() == \
         [False, True, False, False, False, True, False]

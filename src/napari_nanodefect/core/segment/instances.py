@@ -182,7 +182,7 @@ def _remove_small(labels: np.ndarray, min_area: float) -> np.ndarray:
 
 
 def add_missed_objects(labels: np.ndarray, extra: np.ndarray, image: np.ndarray, ring_px: int,
-                       min_contrast: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+                       min_contrast: float = 0.5, in_place: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Add to ``labels`` the objects of ``extra`` (a second segmentation of the same image,
     e.g. at a finer scale) that the first one missed.
 
@@ -194,19 +194,30 @@ def add_missed_objects(labels: np.ndarray, extra: np.ndarray, image: np.ndarray,
     :data:`MIN_OBJECTS_FOR_POLARITY` measurable objects in ``labels`` the sign is taken from
     ``extra``'s own objects and the size is not tested.
 
-    Returns ``(merged, keep)``: a new label image, with the objects of ``labels`` unchanged
-    and the added ones numbered after them in their order in ``extra``, and ``keep``, a
-    boolean mask over ``extra``'s labels 1..m."""
+    Returns ``(merged, keep)``: a new label image (``labels`` itself, updated, with
+    ``in_place=True`` and int32 labels), with the objects of ``labels`` unchanged and the
+    added ones numbered after them in their order in ``extra``, and ``keep``, a boolean mask
+    over ``extra``'s labels 1..m. Works in row bands: besides the result, memory stays a
+    few band-sized arrays."""
     if labels.shape != extra.shape or labels.shape != image.shape:
         raise ValueError(f"shapes differ: labels {labels.shape}, extra {extra.shape}, image {image.shape}")
+    in_place = in_place and labels.dtype == np.int32
     n1 = int(labels.max()) if labels.size else 0
     m = int(extra.max()) if extra.size else 0
     if m == 0:
-        return labels.copy(), np.zeros(0, bool)
-    occupied = ndi.binary_dilation(labels > 0)
-    touching = np.bincount(extra[occupied], minlength=m + 1)[1:] > 0
-    present = np.bincount(extra.ravel(), minlength=m + 1)[1:] > 0
-    keep = present & ~touching
+        return (labels if in_place else labels.copy()), np.zeros(0, bool)
+    H, W = labels.shape
+    band = max(1, SEED_BAND_PIXELS // max(W, 1))
+    touching = np.zeros(m + 1, bool)
+    present = np.zeros(m + 1, bool)
+    for r0 in range(0, H, band):
+        r1 = min(r0 + band, H)
+        a0, a1 = max(r0 - 1, 0), min(r1 + 1, H)
+        near = ndi.binary_dilation(labels[a0:a1] > 0)[r0 - a0 : r1 - a0]  # in or next to a first-pass object
+        ex = extra[r0:r1]
+        touching |= np.bincount(ex[near], minlength=m + 1) > 0
+        present |= np.bincount(ex.ravel(), minlength=m + 1) > 0
+    keep = (present & ~touching)[1:]
     c2 = object_contrast(extra, image, ring_px)
     c1 = object_contrast(labels, image, ring_px) if n1 else np.zeros(0)
     c1 = c1[np.isfinite(c1)]
@@ -221,9 +232,8 @@ def add_missed_objects(labels: np.ndarray, extra: np.ndarray, image: np.ndarray,
     keep &= ok
     lut = np.zeros(m + 1, np.int32)
     lut[1:][keep] = np.arange(n1 + 1, n1 + 1 + int(keep.sum()), dtype=np.int32)
-    merged = np.asarray(labels, np.int32).copy()
-    band = max(1, SEED_BAND_PIXELS // max(labels.shape[1], 1))
-    for r0 in range(0, labels.shape[0], band):
+    merged = labels if in_place else np.asarray(labels, np.int32).copy()
+    for r0 in range(0, H, band):
         new = lut[extra[r0:r0 + band]]
         np.copyto(merged[r0:r0 + band], new, where=new > 0)
     return merged, keep

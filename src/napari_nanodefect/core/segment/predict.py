@@ -512,6 +512,9 @@ def predict_array(
         times["contrast"] = time.perf_counter() - t1
     if zoom:
         s2 = s * ZOOM_FACTOR
+        del dist, cls  # memory for the second pass's maps
+        if not keep_foreground:
+            fg = None
         if s2 > MAX_ZOOM_SCALE:
             source += f"; no zoom pass ({s2:.3g} would exceed {MAX_ZOOM_SCALE:g})"
         else:
@@ -520,7 +523,7 @@ def predict_array(
             extra, cidx2 = _extract(fg2, dist2, cls2, cfg, s2)
             del fg2, dist2, cls2
             ring = max(2, int(round((cfg.contrast_ring_px or DEFAULT_RING_PX) / s)))
-            labels, added = add_missed_objects(labels, extra, image, ring, ZOOM_MIN_CONTRAST)
+            labels, added = add_missed_objects(labels, extra, image, ring, ZOOM_MIN_CONTRAST, in_place=True)
             del extra
             cidx = np.concatenate([np.asarray(cidx, np.int64).reshape(-1), np.asarray(cidx2, np.int64).reshape(-1)[added]])
             times["zoom"] = time.perf_counter() - t1
