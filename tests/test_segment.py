@@ -851,3 +851,24 @@ def test_predict_with_zoom_adds_the_particles_too_small_for_the_first_scale():
     hi = predict_array(model, img, scale=s, zoom=True)
     np.testing.assert_array_equal(hi.labels, predict_array(model, img, scale=s).labels)
     assert "no zoom pass" in hi.scale_source and "zoom" not in hi.seconds
+
+
+class SizeClassNet(SizeNet):
+    """SizeNet with two classes: "large" where a 15x15 window is mostly object, else "small"."""
+
+    def forward(self, x):
+        maps = super().forward(x)
+        c = (torch.nn.functional.avg_pool2d(x, 15, 1, 7, count_include_pad=False) - 0.5) * 20
+        return torch.cat([maps, c, -c], dim=1)
+
+
+def test_zoom_keeps_the_classes_of_both_passes():
+    shape = (260, 330)
+    big = [(30 + 70 * i, 30 + 70 * j) for i in range(4) for j in range(5)]
+    small = [(65 + 70 * i, 65 + 70 * j) for i in range(3) for j in range(4)]
+    img = ((_disks(shape, big, 9) > 0) | (_disks(shape, small, 3) > 0)).astype(np.float32)
+    cfg = ModelConfig(min_area_px=4, tile_size=128, tile_overlap=48, classes=["large", "small"])
+    model = LoadedModel(SizeClassNet().eval(), cfg, None, torch.device("cpu"))
+    z = predict_array(model, img, scale=1.0, zoom=True)
+    assert z.count == 32
+    assert z.classes == {**{k: "large" for k in range(1, 21)}, **{k: "small" for k in range(21, 33)}}
