@@ -11,6 +11,8 @@ then (2026-12-06, once half the bright-field images were HRTEM on carbon) 30 min
 once half of the other bright-field images were crowded fields) 30 min with
 ``--init <that model> --lr 5e-4 --seed 10 --background-size 0``; ``background_size`` 3 is
 set in the saved config afterwards (the weights were trained without flattening).
+``--faint-haadf 0.4`` (faint HAADF draws, ``random_micrograph(faint_haadf=)``) was tried
+for a further round and not kept (docs/model.md, Starter model).
 
 Data: the project's own synthetic micrographs (core.synthetic.random_micrograph: HAADF,
 bright-field, SEM and STM-like renderings, sizes 5-80 px, sparse to crowded, touching and
@@ -126,6 +128,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3, help="first round's learning rate (later rounds: lr / 2 / round)")
     ap.add_argument("--extra-clouds", type=float, default=0.0,
                     help="fraction of synthetic images given strong support clumps on top of random_micrograph's own")
+    ap.add_argument("--faint-haadf", type=float, default=0.0,
+                    help="fraction of HAADF synthetic images with a wide brightness spread (random_micrograph(faint_haadf=))")
     ap.add_argument("--background-size", type=float, default=3.0,
                     help="subtract the support (median filter this many particle diameters wide) before "
                          "normalising, as the model will at prediction; 0: global normalisation only")
@@ -149,7 +153,7 @@ def main() -> None:
     per_round = args.minutes * 60 / args.rounds
     for rnd in range(args.rounds):
         syn = synthetic_regions(args.synthetic, args.seed * 1000 + rnd, cfg.object_diameter_px, extra_clouds=args.extra_clouds,
-                                background_size=cfg.background_size)
+                                background_size=cfg.background_size, faint_haadf=args.faint_haadf)
         regions = syn + real
         sampler = PatchSampler(regions, patch=128, seed=args.seed + rnd, scale_jitter=0.35, invert_p=0.5)
         lr = args.lr if rnd == 0 else args.lr / 2 / rnd
@@ -175,6 +179,7 @@ def main() -> None:
         "rounds": history,
         "n_real_regions": len(real),
         "background_size": cfg.background_size,
+        "faint_haadf": args.faint_haadf,
     }
     if args.init:
         cfg.training["initialised_from"] = {"folder": str(args.init), "training": init_history}

@@ -42,6 +42,19 @@ def test_synthetic_regions_are_at_the_trained_size_training_only_and_reproducibl
     assert not np.array_equal(regs[0].image, other[0].image)
 
 
+def test_synthetic_regions_pass_the_faint_haadf_fraction_on():
+    # the fine-tune's rehearsal (fraction 0) is what it was; the starter script can ask for faint HAADF draws
+    kw = dict(seed=5, object_diameter_px=20.0, max_side=200)
+    plain = synthetic_regions(8, **kw)
+    zero = synthetic_regions(8, faint_haadf=0.0, **kw)
+    assert [r.name for r in plain] == [r.name for r in zero]
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(plain, zero))
+    faint = synthetic_regions(8, faint_haadf=1.0, **kw)
+    differs = [not (a.image.shape == b.image.shape and np.array_equal(a.image, b.image))
+               for a, b in zip(plain, faint) if a.name == b.name]
+    assert any(differs)
+
+
 class _Stop(Exception):
     pass
 

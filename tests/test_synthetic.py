@@ -323,3 +323,33 @@ def test_size_contrast_exponent_and_visibility_floor():
     # would be ~0.03 of the median at exponent 4)
     r4 = _particle_contrasts(make_particles(size_contrast_exponent=4.0, **kw)) / c0
     assert 0.18 < np.min(r4) / np.median(r4) < 0.4
+
+
+def test_faint_haadf_scene_is_opt_in():
+    # off by default: the draws are exactly those without the keyword (the fine-tune's rehearsal)
+    for seed in range(6):
+        a, b = random_micrograph(seed, shape=(64, 64)), random_micrograph(seed, shape=(64, 64), faint_haadf=0.0)
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.labels, b.labels)
+        assert a.params["scene"] != "faint_haadf"
+    scenes, faint = [], []
+    for seed in range(120):
+        s = random_micrograph(seed, shape=(64, 64), faint_haadf=1.0)
+        scenes.append(s.params["scene"])
+        if s.params["scene"] == "faint_haadf":
+            faint.append(s.params)
+    assert "haadf" not in scenes  # with fraction 1 every HAADF draw is faint
+    assert 0.3 < len(faint) / 120 < 0.6  # HAADF is 45 % of the draws
+    for p in faint:
+        assert p["mode"] == "haadf"
+        assert 0.4 <= p["brightness_spread"] <= 0.8 and 1.0 <= p["size_contrast_exponent"] <= 1.6
+    # the same seed with and without the scene: same mode, lower noise
+    for seed in range(120):
+        a = random_micrograph(seed, shape=(64, 64))
+        if a.params["mode"] != "haadf":
+            continue
+        b = random_micrograph(seed, shape=(64, 64), faint_haadf=1.0)
+        assert b.params["scene"] == "faint_haadf"
+        assert b.params["noise"] == pytest.approx(0.6 * a.params["noise"])
+        break
+    else:
+        raise AssertionError("no HAADF draw among 120 seeds")

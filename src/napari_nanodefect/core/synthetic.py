@@ -759,7 +759,7 @@ def _loguniform(rng, a, b):
 
 
 def random_micrograph(rng_or_seed: int | np.random.Generator | None = None, shape: tuple[int, int] = (256, 256),
-                      **overrides) -> SyntheticImage:
+                      faint_haadf: float = 0.0, **overrides) -> SyntheticImage:
     """One micrograph with every parameter drawn from realistic ranges (training data).
 
     Mode (HAADF 45 %, BF 30 %, SEM 10 %, STM 15 %; half of the bright-field draws with
@@ -780,7 +780,14 @@ def random_micrograph(rng_or_seed: int | np.random.Generator | None = None, shap
     display stretch and JPEG quality. ``overrides`` fix any keyword of
     :func:`make_particles` (``mode`` is honoured before the mode-specific draws). The
     drawn parameters are in ``result.params``, with ``params["scene"]`` naming the kind of
-    image (the mode, ``"hrtem"`` or ``"crowded_bf"``).
+    image (the mode, ``"hrtem"``, ``"crowded_bf"`` or ``"faint_haadf"``).
+
+    ``faint_haadf`` (default 0: off) is the fraction of HAADF draws whose particle brightness
+    spreads widely (log-normal spread 0.4-0.8, brightness growing as size ** 1.0-1.6, never
+    below a quarter of a median particle's), with the noise lowered so that the faint ones
+    stay visible: small, faint particles beside bright ones. The starter script uses it;
+    the fine-tune's synthetic rehearsal does not. With 0 the draws are the same as without
+    the keyword.
     """
     rng = rng_or_seed if isinstance(rng_or_seed, np.random.Generator) else np.random.default_rng(rng_or_seed)
     h, w = shape
@@ -876,6 +883,12 @@ def random_micrograph(rng_or_seed: int | np.random.Generator | None = None, shap
                  clustered=float(rng.uniform(0.5, 0.9)), cluster_size=float(rng.uniform(5, 30)), packing=0.0,
                  brightness_spread=float(rng.uniform(0.3, 0.6)),
                  support_coverage=float(rng.uniform(0.4, 0.85)) if rng.random() < 0.6 else 1.0, max_tries=6 * n_d + 40)
+    if faint_haadf > 0 and mode == "haadf" and rng.random() < faint_haadf:
+        scene = "faint_haadf"
+        p.update(brightness_spread=float(rng.uniform(0.4, 0.8)), size_contrast_exponent=float(rng.uniform(1.0, 1.6)))
+        p["noise"] *= 0.6
+        if p["dose"]:
+            p["dose"] /= 0.36
     if mode in ("haadf", "bf") and rng.random() < 0.4:
         # soft particle-sized support clumps (hard negatives), 40 % of HAADF and BF images
         p["clouds"] = rng.uniform(0.25, 0.8)

@@ -48,20 +48,22 @@ def flattened(image: np.ndarray, diameter_px: float, background_size: float) -> 
 
 
 def synthetic_regions(n: int, seed: int, object_diameter_px: float, max_side: int = 320,
-                      extra_clouds: float = 0.0, background_size: float = 0.0) -> list[Region]:
+                      extra_clouds: float = 0.0, background_size: float = 0.0,
+                      faint_haadf: float = 0.0) -> list[Region]:
     """Training regions from ``n`` random synthetic micrographs (256 x 256, fewer regions
     when a draw has no particle, or no crop of it holds one), deterministic for a ``seed``;
     every region holds particles.
 
     ``extra_clouds``: the fraction of images given strong support clumps on top of those
-    :func:`random_micrograph` draws itself (clouds 0.4-1.0 x a particle's peak)."""
+    :func:`random_micrograph` draws itself (clouds 0.4-1.0 x a particle's peak);
+    ``faint_haadf``: passed to :func:`random_micrograph` (0 in the fine-tune's rehearsal)."""
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
         over = {}
         if extra_clouds and rng.random() < extra_clouds:
             over = {"clouds": float(rng.uniform(0.4, 1.0)), "cloud_size": float(np.exp(rng.uniform(np.log(1.3), np.log(4.0))))}
-        s = random_micrograph(rng, shape=(256, 256), **over)
+        s = random_micrograph(rng, shape=(256, 256), faint_haadf=faint_haadf, **over)
         d = median_diameter(s.labels)
         if d is None:
             continue
