@@ -7,7 +7,7 @@
 ``--seed`` sets both the crops and the fine-tune; ``--crop-seed`` fixes the crops so that
 only the fine-tune varies. ``--scale-jitter`` / ``--patch`` pass train()'s options (for
 experiments; the defaults are train()'s). ``--zoom`` / ``--tta`` add rows for the same
-fine-tuned model predicted with ``zoom=True`` / ``tta=True``.
+fine-tuned model predicted with ``zoom=True`` / ``tta=True`` (both: a third row with both).
 
 Protocol (../shared/data/real/stem-catalyst-nanoparticles, MIT; YOLO boxes):
 - two training images; in each, one square crop holding <= 50 objects (every box that
@@ -42,7 +42,7 @@ from napari_nanodefect.core.segment.predict import predict_array  # noqa: E402
 from napari_nanodefect.core.segment.train import train  # noqa: E402
 
 
-METHODS = ("ours", "ours_zoom", "ours_tta", "starter_only", "otsu", "rf")
+METHODS = ("ours", "ours_zoom", "ours_tta", "ours_zoom_tta", "starter_only", "otsu", "rf")
 
 
 def evaluate(model, samples, label: str, verbose: bool = True, tta: bool = False, zoom: bool = False) -> dict:
@@ -110,6 +110,8 @@ def main(argv=None) -> int:
             out["ours_zoom"] = evaluate(res.model, test, "ours+zoom", zoom=True)
         if args.tta:
             out["ours_tta"] = evaluate(res.model, test, "ours+tta", tta=True)
+        if args.zoom and args.tta:
+            out["ours_zoom_tta"] = evaluate(res.model, test, "ours+zoom+tta", zoom=True, tta=True)
     if args.only_ours:
         args.no_starter_only = args.no_baselines = True
     if not args.no_starter_only:

@@ -139,6 +139,17 @@ def test_predict_widget_whole_image_replace_add_and_view(make_napari_viewer, qtb
     np.testing.assert_array_equal(np.where(lab.data > 0, zoomed, 0), lab.data)
     assert zoomed.max() >= lab.data.max()
     w.zoom.setChecked(False)
+    # four flipped views averaged: the dock passes tta through to the core call
+    from napari_nanodefect.core.segment import predict_array
+
+    w.tta.setChecked(True)
+    w.run_btn.click()
+    qtbot.waitUntil(lambda: not w.busy, timeout=60000)
+    tta_layer = viewer.layers["syn_haadf predictions [4]"].data
+    core = predict_array(w.model(), viewer.layers["syn_haadf"].data, pixel_size_nm=s.pixel_size_nm, tta=True)
+    np.testing.assert_array_equal(tta_layer, core.labels)
+    assert not np.array_equal(tta_layer, lab.data)  # not the single-view result
+    w.tta.setChecked(False)
     # current view only: zoom into the top-left quarter
     w.mode.setCurrentIndex(0)
     w.where.setCurrentText("current view")
