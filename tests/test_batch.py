@@ -246,3 +246,19 @@ def test_cli_batch_reports_and_exit_status(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "0 images predicted, 1 already done (skipped), 1 failed" in text and "A/bad" in text
     assert main(["batch", str(tmp_path / "nomodel"), str(tmp_path / "in"), "--out", str(tmp_path / "o2")]) == 2
+
+
+def test_cli_batch_tta_reaches_the_prediction(tmp_path, capsys):
+    """``--tta``: each image is predicted with the four flipped views averaged (the same labels as
+    ``predict_image(tta=True)``, not the single-view ones), and the option is recorded in the manifest."""
+    from napari_nanodefect.cli import main
+    from napari_nanodefect.core.segment import default_model_dir, load_model, predict_image
+
+    (path,) = _make_images(tmp_path / "in", {"A": 1}, size=128, seed0=5)
+    assert main(["batch", "starter", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--quiet", "--tta"]) == 0
+    man = json.loads((tmp_path / "out" / MANIFEST).read_text())
+    assert man["images"]["A/img0"]["predict_kwargs"] == {"tta": True}
+    got = read_label_tiff(tmp_path / "out" / "A" / "img0_labels.tif").labels
+    model = load_model(default_model_dir())
+    np.testing.assert_array_equal(got, predict_image(model, path, tta=True).labels)
+    assert not np.array_equal(got, predict_image(model, path).labels)

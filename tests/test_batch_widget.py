@@ -41,3 +41,9 @@ def test_batch_dock_runs_in_background_and_resumes(make_napari_viewer, qtbot, tm
     qtbot.waitUntil(lambda: not w.busy, timeout=180_000)
     assert len(w.result.done) == 3
     assert all("zoom pass" in e["scale_source"] for e in w.result.manifest["images"].values())
+    w.tta.setChecked(True)
+    w.out_edit.setText(str(tmp_path / "out_zoom_tta"))
+    assert w.run()
+    qtbot.waitUntil(lambda: not w.busy, timeout=180_000)
+    assert len(w.result.done) == 3
+    assert all(e["predict_kwargs"] == {"zoom": True, "tta": True} for e in w.result.manifest["images"].values())

@@ -63,6 +63,9 @@ class BatchWidget(QWidget):
         self.zoom = QCheckBox("second look for small particles (~2x slower)")
         self.zoom.setToolTip("segment each image again at 1.39x the scale and add the particles the first "
                              "pass missed (docs/model.md)")
+        self.tta = QCheckBox("average 4 flipped views (~4x slower)")
+        self.tta.setToolTip("average the network's maps over the image as is, flipped both ways and rotated "
+                            "180 degrees: fewer spurious particles (docs/model.md)")
         self.run_btn = QPushButton("Run")
         self.cancel_btn = QPushButton("Cancel")
         self.cancel_btn.setEnabled(False)
@@ -84,6 +87,7 @@ class BatchWidget(QWidget):
         form.addRow("Workers", self.workers)
         form.addRow("Scheduler", self.scheduler)
         form.addRow("", self.zoom)
+        form.addRow("", self.tta)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_btn)
         buttons.addWidget(self.cancel_btn)
@@ -130,7 +134,8 @@ class BatchWidget(QWidget):
         kwargs = dict(scheduler=self.scheduler.text().strip() or "local", workers=self.workers.value(),
                       groups=self.groups_edit.text().strip() or None, progress=self._progress,
                       should_stop=lambda: self._stop,
-                      predict_kwargs={"zoom": True} if self.zoom.isChecked() else None)
+                      predict_kwargs={k: True for k, box in (("zoom", self.zoom), ("tta", self.tta))
+                                      if box.isChecked()} or None)
         self._worker = create_worker(run_batch, self._model(), [src], out, _start_thread=False, **kwargs)
         self._worker.returned.connect(self._finished)
         self._worker.errored.connect(lambda exc: self.status.setText(f"failed: {exc}"))
