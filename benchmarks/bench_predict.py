@@ -9,8 +9,10 @@
    its 8 settings x 2 repeats, ours over ``--repeats`` (3) whole runs, each writing every
    output into a fresh folder (until 2026-11-22 ours was timed once against the
    reference's best of 16, which put ours at a disadvantage on this noisy machine);
-   then, once each, the same image with the automatic scale and with the opt-in
-   ``zoom=True`` second pass (the target is for the default);
+   then the same image with the automatic scale (best of ``--repeats`` as well; once
+   until 2026-12-07), in float32 too when the default precision is bfloat16 (a CPU with
+   native bf16, see docs/model.md), and once with the opt-in ``zoom=True`` second pass
+   (the target is for the default);
 2. an 8192x8192 image predicted and its label TIFF written, in a fresh process:
    peak RSS (VmHWM), target <= 2 GiB.
 
@@ -36,9 +38,10 @@ from napari_nanodefect.core.segment.outputs import predict_files
 from napari_nanodefect.core.synthetic import make_particles
 
 
-def bare_unet_seconds(size: int = 2048, tile: int = 512, repeats: int = 2) -> float:
+def bare_unet_seconds(size: int = 2048, tile: int = 512, repeats: int = 2, autocast=None) -> float:
     """Best time of a bare Unet(resnet18) forward over ``size``^2 in ``tile``^2 tiles, over
-    batch 1 and 4 and both memory formats (the reference gets its best settings)."""
+    batch 1 and 4 and both memory formats (the reference gets its best settings);
+    ``autocast``: a dtype to run it in (for information: the target's reference is float32)."""
     import segmentation_models_pytorch as smp
 
     with warnings.catch_warnings():
@@ -50,7 +53,8 @@ def bare_unet_seconds(size: int = 2048, tile: int = 512, repeats: int = 2) -> fl
         net = net.to(memory_format=fmt)
         for batch in (1, 4):
             x = torch.randn(batch, 1, tile, tile).contiguous(memory_format=fmt)
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.autocast("cpu", dtype=autocast or torch.float32,
+                                                         enabled=autocast is not None):
                 net(x)
                 for _ in range(repeats):
                     t = time.perf_counter()
@@ -87,7 +91,10 @@ def main() -> None:
     ap.add_argument("--skip-8k", action="store_true")
     ap.add_argument("--repeats", type=int, default=3, help="whole prediction runs timed; the best counts")
     args = ap.parse_args()
-    model = load_model(args.model, device="cpu")
+    model = load_model(args.model, device="cpu")  # precision "auto": bfloat16 where this CPU has it natively
+    exact = load_model(args.model, device="cpu", precision="fp32")
+    low = model.autocast_dtype()
+    prec = "float32" if low is None else str(low).replace("torch.", "")
     d0 = model.config.object_diameter_px
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -96,27 +103,39 @@ def main() -> None:
         # warm-up on a small image, as the reference gets a warm-up forward: the first call
         # in a process also pays one-off imports (measurement, JSON writers) and kernel setup
         small = write_tiff(tmp / "p256.tif", synthetic(256, d0, seed=2), pixel_size_nm=None)
-        predict_files(model, [small], tmp / "warm", scale=1.0)
-        runs = []
-        for k in range(max(1, args.repeats)):
-            t = time.perf_counter()
-            res_k, coco = predict_files(model, [img], tmp / f"out{k}", scale=1.0)
-            runs.append(time.perf_counter() - t)
-            if runs[-1] == min(runs):
-                r = res_k[0]
-        ours = min(runs)
-        print(f"2048x2048: ours {ours:.2f} s (best of {', '.join(f'{v:.2f}' for v in runs)}; network "
+        for m in (model, exact):
+            predict_files(m, [small], tmp / "warm", scale=1.0)
+
+        def best_of(m, tag, **kw):
+            runs, best = [], None
+            for k in range(max(1, args.repeats)):
+                t = time.perf_counter()
+                res_k, _ = predict_files(m, [img], tmp / f"{tag}{k}", **kw)
+                runs.append(time.perf_counter() - t)
+                if runs[-1] == min(runs):
+                    best = res_k[0]
+            return min(runs), runs, best
+
+        ours, runs, r = best_of(model, "out", scale=1.0)
+        print(f"2048x2048: ours {ours:.2f} s (best of {', '.join(f'{v:.2f}' for v in runs)}; {prec}; network "
               f"{r.prediction.seconds['network']:.2f} s, instances {r.prediction.seconds['instances']:.2f} s, "
               f"{r.count} objects, all outputs written) | bare Unet(resnet18) 16x512^2 forward {bare:.2f} s | "
               f"ratio {ours / bare:.2f} (target <= 1.0)")
-        t = time.perf_counter()
-        results, _ = predict_files(model, [img], tmp / "out_auto", scale="auto")
-        auto = time.perf_counter() - t
-        print(f"           with automatic scale: {auto:.2f} s ({results[0].prediction.scale_source}) | ratio {auto / bare:.2f}")
+        auto, runs, r = best_of(model, "out_auto", scale="auto")
+        print(f"           with automatic scale: {auto:.2f} s (best of {', '.join(f'{v:.2f}' for v in runs)}; "
+              f"{r.prediction.scale_source}; probe {r.prediction.seconds['scale_probe']:.2f} s) | ratio {auto / bare:.2f}")
+        if low is not None:
+            f32, runs, _ = best_of(exact, "out32", scale=1.0)
+            f32a, runs_a, _ = best_of(exact, "out32a", scale="auto")
+            print(f"           float32 (precision='fp32'): given scale {f32:.2f} s (ratio {f32 / bare:.2f}), automatic "
+                  f"scale {f32a:.2f} s (ratio {f32a / bare:.2f}); best of {len(runs)} each")
+            bare_low = bare_unet_seconds(autocast=low)
+            print(f"           for information, the bare Unet(resnet18) in {prec} autocast: {bare_low:.2f} s "
+                  f"(ours / it: given scale {ours / bare_low:.2f}, automatic {auto / bare_low:.2f})")
         t = time.perf_counter()
         results, _ = predict_files(model, [img], tmp / "out_zoom", scale="auto", zoom=True)
         zoomed = time.perf_counter() - t
-        print(f"           automatic scale, zoom=True (opt-in second pass): {zoomed:.2f} s "
+        print(f"           automatic scale, zoom=True (opt-in second pass, one run): {zoomed:.2f} s "
               f"({results[0].prediction.scale_source}) | ratio {zoomed / bare:.2f}")
         if not args.skip_8k:
             big = write_tiff(tmp / "p8192.tif", synthetic(8192, d0, seed=1), pixel_size_nm=None)

@@ -154,3 +154,26 @@ def test_convert_bad_input(tmp_path, capsys):
     bad.write_text("{not json")
     assert main(["convert", str(bad), "--to", "coco", "--out", str(tmp_path / "o.json")]) == 2
     assert "bad.json" in capsys.readouterr().err
+
+
+def test_predict_cli_precision_reaches_the_model(tmp_path, monkeypatch):
+    from napari_nanodefect.core.segment import model as model_mod
+    from napari_nanodefect.core.segment import outputs
+
+    seen = []
+
+    def fake_predict_files(model, images, out_dir, **kw):
+        seen.append((model.precision, model.autocast_dtype()))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(outputs, "predict_files", fake_predict_files)
+    monkeypatch.setattr(model_mod, "_NATIVE_BF16", True)
+    img = write_tiff(tmp_path / "x.tif", np.zeros((64, 64), np.uint8))
+    for extra in ([], ["--precision", "fp32"]):
+        with pytest.raises(SystemExit):
+            main(["predict", "starter", str(img), "--out", str(tmp_path / "o"), "--quiet", "--device", "cpu", *extra])
+    import torch
+
+    assert seen == [("auto", torch.bfloat16), ("fp32", None)]
+    with pytest.raises(SystemExit):  # argparse rejects other values
+        main(["predict", "starter", str(img), "--out", str(tmp_path / "o"), "--precision", "fp16"])

@@ -872,3 +872,40 @@ def test_zoom_keeps_the_classes_of_both_passes():
     z = predict_array(model, img, scale=1.0, zoom=True)
     assert z.count == 32
     assert z.classes == {**{k: "large" for k in range(1, 21)}, **{k: "small" for k in range(21, 33)}}
+
+
+# -- reduced precision on CPU ---------------------------------------------------------
+
+def test_precision_rules_and_bf16_maps_match_float32(monkeypatch):
+    from napari_nanodefect.core.segment import model as model_mod
+    from napari_nanodefect.core.segment.predict import predict_maps
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert model_mod.autocast_dtype(cuda, "auto") is torch.float16
+    assert model_mod.autocast_dtype(cuda, "fp32") is None
+    monkeypatch.setattr(model_mod, "_NATIVE_BF16", False)
+    assert model_mod.autocast_dtype(cpu, "auto") is None  # emulated bf16 is no faster: float32
+    monkeypatch.setattr(model_mod, "_NATIVE_BF16", True)
+    assert model_mod.autocast_dtype(cpu, "auto") is torch.bfloat16
+    assert model_mod.autocast_dtype(cpu, "fp32") is None
+    with pytest.raises(NanodefectError, match="precision"):
+        model_mod.autocast_dtype(cpu, "half")
+    with pytest.raises(NanodefectError, match="precision"):
+        load_model(device="cpu", precision="bf16")
+    monkeypatch.setenv("NANODEFECT_PRECISION", "fp32")
+    assert load_model(device="cpu").precision == "fp32"
+    monkeypatch.delenv("NANODEFECT_PRECISION")
+    fast = load_model(device="cpu")  # "auto", and this CPU counts as bf16-capable (patched above)
+    exact = load_model(device="cpu", precision="fp32")
+    assert fast.autocast_dtype() is torch.bfloat16 and exact.autocast_dtype() is None
+    d0 = fast.config.object_diameter_px
+    img = make_particles(shape=(320, 320), n=60, median_diameter_nm=d0 * 0.5, pixel_size_nm=0.5, seed=3).image
+    fg_b, dist_b, _ = predict_maps(fast, img, 1.0)
+    fg_f, dist_f, _ = predict_maps(exact, img, 1.0)
+    diff = np.abs(fg_b.astype(int) - fg_f.astype(int))
+    assert diff.max() > 0  # bfloat16 really ran (the maps are not bit-identical)
+    assert diff.mean() < 1.5 and diff.max() < 40  # ...and stays close: mean < 0.006, max < 0.16 in probability
+    a = predict_array(fast, img, scale=1.0)
+    b = predict_array(exact, img, scale=1.0)
+    assert b.count > 30
+    assert match_instances(b.labels, a.labels, 0.5)["f1"] > 0.95

@@ -227,7 +227,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             return _predict_defects(args)
         if task == "classify":
             return _predict_classifier(args)
-    model = load_model(None if args.model in ("starter", "default") else args.model, device=args.device)
+    model = load_model(None if args.model in ("starter", "default") else args.model, device=args.device,
+                       precision=args.precision)
     scale = "auto" if args.scale == "auto" else float(args.scale)
     bars: list = []
     on_image = _progress_bars(args, bars)
@@ -529,6 +530,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="particle models: a second pass at 1.39x the scale adds particles too small for the first "
                         "(~2x the network time; docs/model.md)")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--precision", default=None, choices=["auto", "fp32"],
+                   help="particle models: 'auto' (default; or $NANODEFECT_PRECISION) runs the network in float16 on "
+                        "CUDA and bfloat16 on CPUs with native bf16 (~1.6x faster, same counts on the benchmark); "
+                        "'fp32' always float32")
     s.add_argument("--threshold", type=float, default=None,
                    help="defect models: probability threshold (default: the model's calibrated one, else 0.5)")
     s.add_argument("--low-threshold", type=float, default=None,

@@ -37,6 +37,9 @@ class LoadedModel:
     config: ModelConfig
     path: Path | None = None
     device: torch.device = torch.device("cpu")
+    #: prediction arithmetic: "auto" (float16 autocast on CUDA, bfloat16 on CPUs with native
+    #: bf16 instructions, float32 elsewhere) or "fp32" (always float32); see :func:`autocast_dtype`
+    precision: str = "auto"
     _inference: torch.nn.Module | None = field(default=None, init=False, repr=False, compare=False)
 
     def inference_module(self) -> torch.nn.Module:
@@ -49,6 +52,58 @@ class LoadedModel:
             fuse_conv_bn(fused)
             self._inference = fused.to(memory_format=torch.channels_last).eval()
         return self._inference
+
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The reduced precision prediction runs in (None: float32); see :func:`autocast_dtype`."""
+        return autocast_dtype(self.device, self.precision)
+
+
+#: values of ``precision`` (:func:`load_model`, ``nanodefect predict --precision``)
+PRECISIONS = ("auto", "fp32")
+#: environment variable that sets the default ``precision`` of :func:`load_model`
+PRECISION_ENV = "NANODEFECT_PRECISION"
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (x86 ``avx512_bf16`` or ``amx_bf16``
+    flags on Linux, and PyTorch's oneDNN can use them). Elsewhere bf16 convolutions are
+    emulated and no faster than float32, so prediction stays in float32."""
+    global _NATIVE_BF16
+    if _NATIVE_BF16 is None:
+        flags: set[str] = set()
+        try:
+            with open("/proc/cpuinfo") as fh:
+                for line in fh:
+                    if line.startswith("flags"):
+                        flags = set(line.split(":", 1)[1].split())
+                        break
+        except OSError:
+            pass
+        try:
+            mkldnn = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            mkldnn = False
+        _NATIVE_BF16 = mkldnn and bool(flags & {"avx512_bf16", "amx_bf16"})
+    return _NATIVE_BF16
+
+
+_NATIVE_BF16: bool | None = None
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """Autocast dtype for prediction on ``device``: float16 on CUDA, bfloat16 on a CPU with
+    native bf16 (:func:`cpu_has_native_bf16`; ~1.6x faster network passes on such a CPU,
+    probabilities within ~0.04 of float32's), None (float32) otherwise or with
+    ``precision="fp32"``. Training is unaffected (float32 on CPU, float16 AMP on CUDA)."""
+    if precision not in PRECISIONS:
+        raise NanodefectError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32":
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
 
 
 def fuse_conv_bn(module: torch.nn.Module) -> int:
@@ -228,8 +283,15 @@ def read_config(folder: str | os.PathLike) -> ModelConfig:
     return ModelConfig.from_json(data, cfg_path)
 
 
-def load_model(folder: str | os.PathLike | None = None, device: str | torch.device | None = "auto") -> LoadedModel:
-    """Load a model folder (default: the shipped starter model). Never unpickles."""
+def load_model(folder: str | os.PathLike | None = None, device: str | torch.device | None = "auto",
+               precision: str | None = None) -> LoadedModel:
+    """Load a model folder (default: the shipped starter model). Never unpickles.
+
+    ``precision``: "auto" or "fp32" (:func:`autocast_dtype`); default: the environment
+    variable ``NANODEFECT_PRECISION``, else "auto"."""
+    precision = precision or os.environ.get(PRECISION_ENV) or "auto"
+    if precision not in PRECISIONS:
+        raise NanodefectError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -251,7 +313,7 @@ def load_model(folder: str | os.PathLike | None = None, device: str | torch.devi
     dev = resolve_device(device)
     # channels_last is ~1.6x faster for these convolutions on CPU (and fine on GPU)
     module = module.to(dev).to(memory_format=torch.channels_last).eval()
-    return LoadedModel(module=module, config=config, path=folder, device=dev)
+    return LoadedModel(module=module, config=config, path=folder, device=dev, precision=precision)
 
 
 def default_model_dir() -> Path:

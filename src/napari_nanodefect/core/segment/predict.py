@@ -191,7 +191,7 @@ def predict_maps(
     cls_out = np.zeros((n_cls, H, W), np.uint8) if n_cls else None
     net_h, net_w = _net_size(th, scale), _net_size(tw, scale)
     dev = model.device
-    amp = dev.type == "cuda"
+    low = model.autocast_dtype()  # float16 on CUDA, bfloat16 on CPUs with native bf16, else None
     net = model.inference_module()
     total = len(ys) * len(xs)
     done = 0
@@ -234,7 +234,7 @@ def predict_maps(
                     arr = F.interpolate(arr, size=(net_h, net_w), mode="bilinear", align_corners=False,
                                         antialias=ANTIALIAS and net_h < th)
                 arr = arr.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=amp):
+                with torch.autocast(device_type=dev.type, dtype=low or torch.float32, enabled=low is not None):
                     out = net(arr)
                 out = out.float()
                 probs = torch.sigmoid(out[:, :2])
