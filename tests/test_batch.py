@@ -117,6 +117,10 @@ def test_rerun_skips_done_redoes_changed_and_retries_failed(batch_dir):
     man = json.loads((out / MANIFEST).read_text())
     assert man["images"]["A/img1"]["count"] == read_label_tiff(out / "A" / "img1_labels.tif").labels.max()
     assert man["images"]["A/img1"]["predict_kwargs"] == {}
+    from napari_nanodefect.core.segment.model import cpu_has_native_bf16
+
+    # the arithmetic the network ran in is recorded (batch workers here run on the CPU)
+    assert man["images"]["A/img1"]["precision"] == ("bfloat16" if cpu_has_native_bf16() else "float32")
     # other prediction options: everything is redone, once
     res = run_batch(None, [root / "in"], out, workers=1, retry_failed=False, predict_kwargs={"zoom": True})
     assert sorted(res.done) == ["A/img0", "A/img1", "B/img0", "B/img1"] and not res.skipped

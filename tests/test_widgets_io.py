@@ -130,6 +130,11 @@ def test_predict_widget_whole_image_replace_add_and_view(make_napari_viewer, qtb
     assert "syn_haadf predictions [2]" in viewer.layers
     np.testing.assert_array_equal(viewer.layers["syn_haadf predictions [2]"].data, lab.data)  # deterministic
     assert "zoom" not in w.last_result["scale_source"]
+    from napari_nanodefect.core.segment.model import cpu_has_native_bf16
+
+    ran = "bfloat16" if cpu_has_native_bf16() else "float32"  # the dock's model runs on this CPU here
+    assert w.last_result["precision"] == ran
+    assert viewer.layers["syn_haadf predictions [2]"].metadata["nanodefect"]["precision"] == ran
     # the second look for small particles: the first pass's particles stay, more may come
     w.zoom.setChecked(True)
     w.run_btn.click()

@@ -306,7 +306,7 @@ def process_image(task: dict[str, Any]) -> dict[str, Any]:
                 "load_seconds": t1 - t0 if t1 - t0 > 0.05 else 0.0, "worker": pid,
                 "summary": _jsonable({k: v for k, v in s.items() if k != "lognormal"} | {
                     "lognormal": s.get("lognormal")}),
-                "scale": float(pred.scale), "scale_source": pred.scale_source}
+                "scale": float(pred.scale), "scale_source": pred.scale_source, "precision": pred.precision}
     except Exception as exc:  # noqa: BLE001 - one bad image must not stop the batch
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         return {"status": "failed", "error": f"{type(exc).__name__}: {msg}"[:500], "seconds": time.perf_counter() - t0,

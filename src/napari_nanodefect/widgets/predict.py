@@ -96,7 +96,8 @@ def run_prediction(model, plane: np.ndarray, pixel_size_nm: float | None, region
     img = image_for_measure if image_for_measure is not None and image_for_measure.shape == labels.shape else None
     table = measure_particles(labels, pixel_size_nm, img, class_index=pred.classes or None, regions=regions)
     return {"labels": labels, "classes": pred.classes, "probability": prob, "table": table,
-            "scale": pred.scale, "scale_source": pred.scale_source, "seconds": time.perf_counter() - t0}
+            "scale": pred.scale, "scale_source": pred.scale_source, "precision": pred.precision,
+            "seconds": time.perf_counter() - t0}
 
 
 class PredictWidget(QWidget):
@@ -281,7 +282,8 @@ class PredictWidget(QWidget):
         feats.insert(0, "index", feats["label"].to_numpy())
         meta = {"nanodefect": {"image": im.name, "image_path": None if C.image_path_of(im) is None else str(C.image_path_of(im)),
                                "pixel_size_nm": C.pixel_size_of(im), "scale": res["scale"],
-                               "scale_source": res["scale_source"], "model": self.model_box.currentText()}}
+                               "scale_source": res["scale_source"], "precision": res.get("precision"),
+                               "model": self.model_box.currentText()}}
         if replace and name in self.viewer.layers:
             ly = self.viewer.layers[name]
             ly.data = res["labels"]

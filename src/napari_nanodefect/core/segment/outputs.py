@@ -86,7 +86,8 @@ def _write_prediction(pred: Prediction, image_path: str | os.PathLike, out_dir: 
                                        image_path=os.path.relpath(image_path.resolve(), out_dir.resolve()))
         aset = prediction_to_set(pred, str(image_path.resolve()))
         aset.pixel_size_nm = ps
-        aset.extra["nanodefect"] = {"scale": pred.scale, "scale_source": pred.scale_source}
+        aset.extra["nanodefect"] = {"scale": pred.scale, "scale_source": pred.scale_source,
+                                    "precision": pred.precision}
         # a base64 copy of a huge image inside the JSON helps nobody: reference it instead
         png = None
         if png_fut is not None:

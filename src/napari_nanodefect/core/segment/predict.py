@@ -61,6 +61,7 @@ class Prediction:
     ``labels``: int32 instance labels of the analysed plane (0 = background).
     ``classes``: label -> class name. ``scale``: network px per image px that was used.
     ``foreground``: uint8 probability map x255 (kept when asked for).
+    ``precision``: the arithmetic the network ran in ("float32", "bfloat16" or "float16").
     """
 
     labels: np.ndarray
@@ -70,6 +71,7 @@ class Prediction:
     foreground: np.ndarray | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     micrograph: Micrograph | None = None
+    precision: str = "float32"
 
     @property
     def count(self) -> int:
@@ -530,8 +532,10 @@ def predict_array(
             source += f"; zoom pass at {s2:.3g} added {int(added.sum())}"
     names = cfg.classes
     classes = {i + 1: names[int(c)] if len(names) > 1 else names[0] for i, c in enumerate(cidx)}
+    low = model.autocast_dtype()
     return Prediction(labels=labels, classes=classes, scale=s, scale_source=source,
-                      foreground=fg if keep_foreground else None, seconds=times)
+                      foreground=fg if keep_foreground else None, seconds=times,
+                      precision="float32" if low is None else str(low).removeprefix("torch."))
 
 
 #: ``zoom=True``: the second pass runs at this many times the chosen scale (one step of
