@@ -234,3 +234,20 @@ def test_cli_classifier_from_folders(tmp_path, capsys):
     fin = np.isfinite(m[0])
     assert m.shape == (1, 192, 192) and fin[32:160, 32:160].all() and fin.sum() == 128 * 128
     assert np.nanmax(m) <= 1 and np.nanmin(m) >= 0
+
+
+def test_cli_predict_defects_precision_is_applied_and_recorded(trained_folder, tmp_path, monkeypatch):
+    from napari_nanodefect.core.segment import model as model_mod
+
+    tmp, _ = trained_folder
+    img = tmp / "train1.png"
+    monkeypatch.setattr(model_mod, "_NATIVE_BF16", True)  # this CPU counts as bf16-capable
+    got = {}
+    for flag, expect in (([], "bfloat16"), (["--precision", "fp32"], "float32")):
+        out = tmp_path / expect
+        assert main(["predict", str(tmp / "model"), str(img), "--out", str(out), "--probabilities", "--quiet"] + flag) == 0
+        with tifffile.TiffFile(out / "train1_defects.tif") as tf:
+            assert tf.shaped_metadata[0]["precision"] == expect
+        got[expect] = tifffile.imread(out / "train1_defects_prob.tif").astype(int)
+    diff = np.abs(got["bfloat16"] - got["float32"])
+    assert 0 < diff.max() < 40 and diff.mean() < 1.5  # reduced precision really ran, and stays close

@@ -267,3 +267,34 @@ def test_length_inside_clips_lines_to_the_image():
     line = np.array([[10.0, -50.0], [10.0, 150.0]])  # (row, col), crosses a 100-px-wide image
     assert length_inside([line], (40, 100)) == pytest.approx(100.0, abs=0.6)
     assert length_inside([line + [100, 0]], (40, 100)) == 0.0
+
+
+# ----------------------------------------------------------------------------- precision
+
+
+def test_defect_prediction_in_bf16_matches_float32(trained, monkeypatch, tmp_path):
+    from napari_nanodefect.core.segment import model as model_mod
+
+    model, _ = trained
+    img = _visible_lines(9, shape=(200, 232))[0]
+    monkeypatch.setattr(model_mod, "_NATIVE_BF16", True)  # this CPU counts as bf16-capable
+    model.precision = "fp32"
+    assert model.autocast_dtype() is None
+    exact = predict_defects(model, img, tile=128, overlap=32)
+    model.precision = "auto"
+    assert model.autocast_dtype() is torch.bfloat16
+    fast = predict_defects(model, img, tile=128, overlap=32)
+    diff = np.abs(fast.astype(int) - exact.astype(int))
+    assert diff.max() > 0  # bfloat16 really ran
+    assert diff.mean() < 1.5 and diff.max() < 40  # of 255
+    assert ((fast >= 128) != (exact >= 128)).mean() < 0.005  # the masks agree
+    # loading: the precision argument, the environment default, a clear error for a bad value
+    folder = save_defect_model(model, tmp_path / "m")
+    assert load_defect_model(folder, device="cpu").precision == "auto"
+    assert load_defect_model(folder, device="cpu", precision="fp32").precision == "fp32"
+    monkeypatch.setenv("NANODEFECT_PRECISION", "fp32")
+    loaded = load_defect_model(folder, device="cpu")
+    assert loaded.precision == "fp32"
+    np.testing.assert_array_equal(predict_defects(loaded, img, tile=128, overlap=32), exact)
+    with pytest.raises(NanodefectError, match="precision"):
+        load_defect_model(folder, device="cpu", precision="half")

@@ -191,7 +191,7 @@ def _predict_defects(args: argparse.Namespace) -> int:
         kw["overlap"] = args.overlap
     results, summary = predict_defect_files(args.model, args.images, args.out, pixel_size_nm=args.pixel_size,
                                             threshold=args.threshold, low_threshold=args.low_threshold,
-                                            device=args.device,
+                                            device=args.device, precision=args.precision,
                                             probabilities=args.probabilities, on_image=_progress_bars(args, bars), **kw)
     for b in bars:
         b.close()
@@ -531,9 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(~2x the network time; docs/model.md)")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--precision", default=None, choices=["auto", "fp32"],
-                   help="particle models: 'auto' (default; or $NANODEFECT_PRECISION) runs the network in float16 on "
-                        "CUDA and bfloat16 on CPUs with native bf16 (~1.6x faster, same counts on the benchmark); "
-                        "'fp32' always float32")
+                   help="particle and defect models: 'auto' (default; or $NANODEFECT_PRECISION) runs the network "
+                        "in float16 on CUDA and bfloat16 on CPUs with native bf16 (~1.6x faster, same counts on the "
+                        "benchmark); 'fp32' always float32")
     s.add_argument("--threshold", type=float, default=None,
                    help="defect models: probability threshold (default: the model's calibrated one, else 0.5)")
     s.add_argument("--low-threshold", type=float, default=None,

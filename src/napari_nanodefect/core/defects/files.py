@@ -265,6 +265,8 @@ def predict_defect_image(model: DefectModel, image: str | os.PathLike | Any, *, 
     summary["pixel_size_nm"] = ps
     summary["length_unit"] = "nm" if ps else "px"
     summary["scale"] = scale
+    low = model.autocast_dtype()
+    summary["precision"] = "float32" if low is None else str(low).removeprefix("torch.")
     return DefectPrediction(Path(getattr(m, "path", None) or "image"), prob, table, summary, ps, scale)
 
 
@@ -316,16 +318,19 @@ def predict_defect_files(
     low_threshold: float | None = None,
     prune_nm: float | None = None,
     device: str = "auto",
+    precision: str | None = None,
     probabilities: bool = False,
     on_image: Callable[[Path, int, int], Callable[[int, int], None] | None] | None = None,
     **kwargs,
 ) -> tuple[list[DefectPrediction], Path]:
     """Segment defects in every image; write ``<stem>_defects.tif``, ``<stem>_defects.csv``
     per image and ``defects_summary.csv`` for all (see the module docstring).
+    ``precision`` ("auto"/"fp32", :func:`.segment.load_defect_model`) applies when
+    ``model`` is a folder; the TIFF descriptions record the arithmetic the network ran in.
     Returns the per-image results (without the probability stacks, to keep memory flat)
     and the summary path."""
     if not isinstance(model, DefectModel):
-        model = load_defect_model(model, device=device)
+        model = load_defect_model(model, device=device, precision=precision)
     images = [Path(p) for p in images]
     if not images:
         raise NanodefectError("no images given")
@@ -339,7 +344,8 @@ def predict_defect_files(
         r.image = path
         desc = {"classes": list(model.classes), "pixel_size_nm": r.pixel_size_nm,
                 "threshold": r.summary["threshold"], "low_threshold": r.summary["low_threshold"],
-                "model_pixel_size_nm": model.config.get("pixel_size_nm"), "scale": r.scale}
+                "model_pixel_size_nm": model.config.get("pixel_size_nm"), "scale": r.scale,
+                "precision": r.summary["precision"]}
         masks = np.where(threshold_masks(r.probabilities, r.summary["threshold"], r.summary["low_threshold"]),
                          np.uint8(255), np.uint8(0))
         r.tiff = write_channel_tiff(out_dir / f"{path.stem}_defects.tif", masks, {**desc, "content": "masks"},

@@ -85,6 +85,16 @@ class DefectModel:
     classes: list[str]
     config: dict[str, Any] = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    #: prediction arithmetic, as for particle models: "auto" (float16 autocast on CUDA,
+    #: bfloat16 on CPUs with native bf16, float32 elsewhere) or "fp32"
+    #: (:func:`~napari_nanodefect.core.segment.model.autocast_dtype`)
+    precision: str = "auto"
+
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The reduced precision :func:`predict_defects` runs the network in (None: float32)."""
+        from ..segment.model import autocast_dtype
+
+        return autocast_dtype(self.device, self.precision)
 
 
 # ----------------------------------------------------------------------------- model
@@ -185,12 +195,20 @@ def save_defect_model(model: DefectModel, folder: str | os.PathLike) -> Path:
     return folder
 
 
-def load_defect_model(folder: str | os.PathLike, device: str | torch.device | None = "auto") -> DefectModel:
+def load_defect_model(folder: str | os.PathLike, device: str | torch.device | None = "auto",
+                      precision: str | None = None) -> DefectModel:
     """Load a defect model folder (eval mode). Raises :class:`NanodefectError` for a
     missing/incomplete folder, bad JSON, a model of another task, or weights that do not
-    match the architecture."""
+    match the architecture.
+
+    ``precision``: "auto" or "fp32", as for particle models (default: the environment
+    variable ``NANODEFECT_PRECISION``, else "auto")."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
+
+    from ..segment.model import resolve_precision
+
+    precision = resolve_precision(precision)
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -229,7 +247,8 @@ def load_defect_model(folder: str | os.PathLike, device: str | torch.device | No
         msg = str(exc).splitlines()[0]
         raise NanodefectError(f"weights do not match the architecture in config.json ({msg})", wpath) from exc
     dev = resolve_device(device)
-    return DefectModel(module=module.to(dev).eval(), classes=list(classes), config=cfg, device=dev)
+    return DefectModel(module=module.to(dev).eval(), classes=list(classes), config=cfg, device=dev,
+                       precision=precision)
 
 
 # ----------------------------------------------------------------------------- loss
@@ -523,6 +542,10 @@ def predict_defects(model: DefectModel, image: np.ndarray, *, tile: int | None =
 
     Memory is bounded: the float accumulator holds one band of tile rows at a time
     (``C x (2 tile) x W``), finished rows go straight into the uint8 result.
+
+    The network runs channels-last, in the reduced precision of
+    :meth:`DefectModel.autocast_dtype` (bfloat16 on CPUs with native bf16, float16 on
+    CUDA; ``model.precision = "fp32"`` keeps float32); the blending is float32.
     """
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[-1] in (3, 4):
@@ -556,8 +579,11 @@ def predict_defects(model: DefectModel, image: np.ndarray, *, tile: int | None =
         out[:, b0:upto] = np.clip(q * 255 + 0.5, 0, 255).astype(np.uint8)
         acc, wsum, b0 = acc[:, n:], wsum[n:], upto
 
-    module = model.module.eval()
+    # channels-last is ~1.5x faster for these convolutions on CPU (and fine on CUDA); the
+    # conversion is in place and harmless for later training
+    module = model.module.eval().to(memory_format=torch.channels_last)
     dev = model.device
+    low = model.autocast_dtype()
     jobs = [(y, x) for y in ys for x in xs]
     done = 0
     step = max(1, batch_size)
@@ -575,8 +601,10 @@ def predict_defects(model: DefectModel, image: np.ndarray, *, tile: int | None =
             if ph or pw:
                 tiles = [np.pad(t, ((0, ph), (0, pw)), mode="reflect" if min(th, tw) > max(ph, pw) else "symmetric")
                          for t in tiles]
-            arr = torch.from_numpy(np.stack(tiles)[:, None]).to(dev)
-            prob = torch.sigmoid(module(arr).float())[:, :, :th, :tw].cpu().numpy()
+            arr = torch.from_numpy(np.stack(tiles)[:, None]).to(dev).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type=dev.type, dtype=low or torch.float32, enabled=low is not None):
+                logits = module(arr)
+            prob = torch.sigmoid(logits.float())[:, :, :th, :tw].contiguous().cpu().numpy()
             r = y - b0
             for (_, x), p in zip(part, prob):
                 acc[:, r:r + th, x:x + tw] += p * win[None]

@@ -283,15 +283,22 @@ def read_config(folder: str | os.PathLike) -> ModelConfig:
     return ModelConfig.from_json(data, cfg_path)
 
 
+def resolve_precision(precision: str | None = None) -> str:
+    """``precision``, or the environment variable ``NANODEFECT_PRECISION``, else "auto";
+    checked against :data:`PRECISIONS`."""
+    precision = precision or os.environ.get(PRECISION_ENV) or "auto"
+    if precision not in PRECISIONS:
+        raise NanodefectError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
 def load_model(folder: str | os.PathLike | None = None, device: str | torch.device | None = "auto",
                precision: str | None = None) -> LoadedModel:
     """Load a model folder (default: the shipped starter model). Never unpickles.
 
     ``precision``: "auto" or "fp32" (:func:`autocast_dtype`); default: the environment
     variable ``NANODEFECT_PRECISION``, else "auto"."""
-    precision = precision or os.environ.get(PRECISION_ENV) or "auto"
-    if precision not in PRECISIONS:
-        raise NanodefectError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    precision = resolve_precision(precision)
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
