@@ -83,6 +83,64 @@ def test_extract_instances_splits_touching_and_drops_small():
     assert match_instances(out, out8, 0.99)["f1"] == 1.0
 
 
+def _blob_distance(centres, radius, shape=(90, 130)):
+    """A network-like distance map of overlapping discs: for each disc 1 at its centre
+    falling to 0 at its rim, the discs' maximum (one connected foreground)."""
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
+    d = np.zeros(shape, np.float32)
+    for cy, cx in centres:
+        d = np.maximum(d, np.clip(1 - np.hypot(yy - cy, xx - cx) / radius, 0, 1))
+    return d
+
+
+def test_peak_seeds_split_overlapping_particles_the_threshold_rule_merges():
+    # two discs of radius 16 whose centres are 20 px apart: the distance map dips to
+    # 0.375 between them, so their cores (> 0.5 would need > 8 px from the centres) are
+    # separate at 0.5 but one plateau at a lower seed threshold; the peak rule sees the dip
+    d = _blob_distance([(45, 50), (45, 70)], 16)
+    fg = (d > 0).astype(np.float32)
+    merged, _ = extract_instances(fg, d, seed_threshold=0.3, min_area_px=6)
+    assert merged.max() == 1  # the saddle (0.375) is above the seed threshold: one object
+    split, _ = extract_instances(fg, d, seed_threshold=0.3, min_area_px=6, peak_h=0.1, peak_sigma_px=1.0)
+    assert split.max() == 2
+    # each half holds one centre and the cut runs at the midline (x = 60)
+    assert split[45, 50] != split[45, 70] and split[45, 50] > 0 and split[45, 70] > 0
+    cut = [x for x in range(50, 71) if split[45, x] != split[45, 50]][0]
+    assert 59 <= cut <= 61
+    # uint8 maps give the same objects
+    split8, _ = extract_instances((fg * 255).astype(np.uint8), (d * 255).round().astype(np.uint8),
+                                  seed_threshold=0.3, min_area_px=6, peak_h=0.1, peak_sigma_px=1.0)
+    assert match_instances(split, split8, 0.99)["f1"] == 1.0
+    # a dip shallower than peak_h is not a second object: centres 8 px apart dip only to
+    # 0.75 below peaks of 1 -> h 0.3 keeps one object, h 0.1 splits
+    close = _blob_distance([(45, 56), (45, 64)], 16)
+    one, _ = extract_instances((close > 0).astype(np.float32), close, min_area_px=6, peak_h=0.3)
+    two, _ = extract_instances((close > 0).astype(np.float32), close, min_area_px=6, peak_h=0.1)
+    assert (one.max(), two.max()) == (1, 2)
+    # a lone ellipse (a ridge, no dip) and a noisy disc stay whole
+    yy, xx = np.mgrid[0:90, 0:130]
+    ell = ((yy - 45) / 12.0) ** 2 + ((xx - 65) / 30.0) ** 2 <= 1
+    lab = ell.astype(np.int32)
+    rng = np.random.default_rng(0)
+    noisy = np.clip(_blob_distance([(45, 65)], 18) + rng.normal(0, 0.03, (90, 130)).astype(np.float32), 0, 1)
+    for fg_, d_ in ((ell.astype(np.float32), normalised_distance(lab)), ((noisy > 0.05).astype(np.float32), noisy)):
+        out, _ = extract_instances(fg_, d_, min_area_px=6, peak_h=0.1, peak_sigma_px=1.0)
+        assert out.max() == 1
+    # objects too small to hold two are never examined: the same two discs, with a
+    # split-area floor above their area, stay one
+    from napari_nanodefect.core.segment.instances import split_by_peaks
+
+    comps, n = ndi.label(fg > 0)
+    assert split_by_peaks(comps.copy(), n, d, 0.1, 1.0, min_split_area=fg.sum() + 1).max() == 1
+    assert split_by_peaks(comps.copy(), n, d, 0.1, 1.0, min_split_area=10).max() == 2
+    # the shipped starter (so every fine-tune of it) seeds at peaks; a config written before
+    # the setting existed keeps the threshold rule
+    assert load_model(device="cpu").config.split_peak_h == 0.1
+    old = ModelConfig().to_json()
+    old.pop("split_peak_h")
+    assert ModelConfig.from_json(old).split_peak_h == 0.0
+
+
 def test_normalised_distance_peaks_at_centres():
     lab = np.zeros((40, 40), np.int32)
     lab[5:16, 5:16] = 1

@@ -50,6 +50,10 @@ class ModelConfig:
     fg_threshold: float = 0.5
     seed_threshold: float = 0.5
     min_area_px: float = 20.0  #: network px; an object at the trained size has ~300
+    #: > 0: objects are seeded at the distance map's peaks that rise this much (0..1) above
+    #: their saddle (core.segment.instances.split_by_peaks) instead of at its regions above
+    #: seed_threshold; 0 = the threshold rule
+    split_peak_h: float = 0.0
     #: network px: ring around each object in which its contrast with the surroundings is
     #: measured; objects of the image's minority contrast sign are dropped (0: keep all)
     contrast_ring_px: float = 3.0

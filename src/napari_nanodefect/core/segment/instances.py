@@ -7,6 +7,12 @@ connected region of ``dist > seed_threshold`` is one object's core (a seed). Com
 with one seed (or none) are one object; only components with several seeds (touching
 particles) are split, by a watershed on ``-dist`` from the seeds, inside that
 component's bounding box. This keeps the cost close to a connected-component pass.
+
+With ``peak_h > 0`` the seeds are instead the peaks of the (slightly smoothed) distance
+map that rise at least ``peak_h`` above the saddle to any higher peak (h-maxima), so two
+overlapping particles whose cores touch above ``seed_threshold`` are still two objects
+when the map dips between them. Only components large enough to hold two objects are
+examined.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ def extract_instances(
     seed_threshold: float = 0.5,
     min_area_px: float = 6.0,
     class_prob: np.ndarray | None = None,
+    peak_h: float = 0.0,
+    peak_sigma_px: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Instance labels (int32, 0 = background) and the class index of each label.
 
@@ -34,6 +42,9 @@ def extract_instances(
     ``class_prob``: optional ``(C, H, W)`` class probabilities; the class of an object is
     the argmax of their mean over its pixels. Returns ``(labels, class_index)`` where
     ``class_index[i - 1]`` is the class of label ``i`` (all zeros without ``class_prob``).
+    ``peak_h`` > 0: seeds are the distance map's h-maxima (:func:`split_by_peaks`; the
+    map smoothed by a Gaussian of ``peak_sigma_px``) instead of its regions above
+    ``seed_threshold``.
     """
     from skimage.segmentation import watershed
 
@@ -41,6 +52,9 @@ def extract_instances(
     comps, n_comp = ndi.label(_above(fg, fg_threshold))
     if n_comp == 0:
         return np.zeros(fg.shape, np.int32), np.zeros(0, np.int64)
+    if peak_h > 0:
+        labels = split_by_peaks(comps, n_comp, dist, peak_h, peak_sigma_px, 2 * min_area_px)
+        return _finish(labels, min_area_px, class_prob)
     core = _above(dist, seed_threshold)
     core &= comps > 0
     # seeds per component, counted band by band so that no whole-image seed label array is
@@ -77,6 +91,10 @@ def extract_instances(
             out[region] = lut[ws[region]]
             # pixels of the component not reached by any seed stay with the first object
     del core
+    return _finish(labels, min_area_px, class_prob)
+
+
+def _finish(labels: np.ndarray, min_area_px: float, class_prob: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     labels = _remove_small(labels, min_area_px)
     n = int(labels.max())
     if class_prob is None or n == 0:
@@ -84,6 +102,69 @@ def extract_instances(
     flat = labels.ravel()
     sums = np.stack([np.bincount(flat, weights=np.asarray(p).ravel(), minlength=n + 1)[1:] for p in class_prob])
     return labels, sums.argmax(axis=0)
+
+
+#: with ``peak_h`` seeds, peaks of the normalised distance below this are not seeds
+#: (ragged rims of an object, not a particle's core)
+PEAK_FLOOR = 0.2
+
+
+def split_by_peaks(comps: np.ndarray, n_comp: int, dist: np.ndarray, h: float, sigma_px: float,
+                   min_split_area: float) -> np.ndarray:
+    """Split connected components (``comps``, labels 1..``n_comp``, relabelled in place
+    and returned) at the peaks of the distance map.
+
+    Inside each component of at least ``min_split_area`` pixels (smaller ones cannot hold
+    two objects), the distance map (0..1, or uint8 x255), zero outside the component, is
+    smoothed by a Gaussian of ``sigma_px``; its h-maxima of height ``h`` above
+    :data:`PEAK_FLOOR` are the seeds, and with two or more the component is divided by a
+    watershed on the negated map. Work is per component bounding box, so the cost follows
+    the number of large components, not the image size."""
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import watershed
+
+    band = max(1, SEED_BAND_PIXELS // max(comps.shape[1], 1))
+    area = np.zeros(n_comp + 1, np.int64)
+    for r0 in range(0, comps.shape[0], band):
+        area += np.bincount(comps[r0:r0 + band].ravel(), minlength=n_comp + 1)
+    big = np.flatnonzero(area >= max(min_split_area, 2))
+    big = big[big > 0]
+    if big.size == 0:
+        return comps
+    unit = 255.0 if dist.dtype == np.uint8 else 1.0
+    pad = int(np.ceil(3 * sigma_px)) + 1 if sigma_px > 0 else 1
+    slices = ndi.find_objects(comps)
+    H, W = comps.shape
+    next_label = n_comp + 1
+    for c in big:
+        sl = slices[c - 1]
+        if sl is None:
+            continue
+        sl = (slice(max(sl[0].start - pad, 0), min(sl[0].stop + pad, H)),
+              slice(max(sl[1].start - pad, 0), min(sl[1].stop + pad, W)))
+        region = comps[sl] == c
+        d = np.where(region, dist[sl].astype(np.float32) / unit, np.float32(0))
+        if sigma_px > 0:
+            d = ndi.gaussian_filter(d, sigma_px)
+        # a tilt far below the maps' resolution breaks ties between equal peaks: h_maxima
+        # keeps every peak of a tied maximum, however shallow the dip between them
+        hh, ww = d.shape
+        d += np.float32(1e-4 / (hh + ww)) * (np.arange(hh, dtype=np.float32)[:, None] + np.arange(ww, dtype=np.float32))
+        core = region & (d > PEAK_FLOOR)
+        # exact shortcut: h-maxima are regional maxima, each a separate patch of local
+        # maxima, so a component with one such patch (most of them) holds one object
+        if ndi.label(core & (d >= ndi.maximum_filter(d, size=3)))[1] < 2:
+            continue
+        peaks = h_maxima(d, h) & core
+        markers, n = ndi.label(peaks)
+        if n < 2:
+            continue
+        ws = watershed(-d, markers=markers, mask=region)
+        out = comps[sl]
+        for k in range(2, n + 1):
+            out[ws == k] = next_label
+            next_label += 1
+    return comps
 
 
 def object_contrast(labels: np.ndarray, image: np.ndarray, ring_px: int) -> np.ndarray:

@@ -587,7 +587,9 @@ def _maps(model, image, s, batch_size, progress, tile_size, overlap, tta):
 def _extract(fg, dist, cls, cfg, s):
     # the minimum object area is set in network pixels; convert to image pixels
     min_area = cfg.min_area_px / (s * s)
-    return extract_instances(fg, dist, cfg.fg_threshold, cfg.seed_threshold, min_area, cls)
+    # peaks of the distance map are found on it smoothed by one network px
+    return extract_instances(fg, dist, cfg.fg_threshold, cfg.seed_threshold, min_area, cls,
+                             peak_h=cfg.split_peak_h, peak_sigma_px=1.0 / s)
 
 
 def predict_image(model: LoadedModel, image: str | Path | Micrograph, **kwargs) -> Prediction:
