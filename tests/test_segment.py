@@ -865,6 +865,10 @@ def test_add_missed_objects_adds_only_separate_objects_that_stand_out(monkeypatc
     merged0, keep0 = inst.add_missed_objects(none, extra, img, 3)
     assert keep0.tolist() == [True, True, True, False, True, True, True]
     assert merged0.max() == 6
+    # ...unless a reference is required (the faint pass): then nothing is added
+    merged_r, keep_r = inst.add_missed_objects(none, extra, img, 3, need_reference=True)
+    assert not keep_r.any() and merged_r.max() == 0
+    assert inst.add_missed_objects(first, extra, img, 3, need_reference=True)[1].tolist() == keep.tolist()
     # nothing new, and mismatched shapes
     assert inst.add_missed_objects(first, none, img, 3)[0].max() == 5
     with pytest.raises(ValueError, match="shapes differ"):
@@ -909,6 +913,105 @@ def test_predict_with_zoom_adds_the_particles_too_small_for_the_first_scale():
     hi = predict_array(model, img, scale=s, zoom=True)
     np.testing.assert_array_equal(hi.labels, predict_array(model, img, scale=s).labels)
     assert "no zoom pass" in hi.scale_source and "zoom" not in hi.seconds
+
+
+def test_object_contrast_object_by_object_equals_the_banded_pass(monkeypatch):
+    from napari_nanodefect.core.segment import instances as inst
+
+    rng = np.random.default_rng(3)
+    shape = (150, 220)
+    img = rng.normal(size=shape) + 5 * (_disks(shape, [(80, 100)], 6) > 0)
+    # two touching disks, disks cut by the border, and label 3 unused (NaN)
+    lab = _disks(shape, [(20, 20), (22, 32), (80, 100), (146, 215), (75, 3), (100, 160)], 6)
+    lab[lab == 3] = 7
+    monkeypatch.setattr(inst, "SPARSE_CONTRAST_FRACTION", 0.0)
+    banded = inst.object_contrast(lab, img, 3)
+    monkeypatch.setattr(inst, "SPARSE_CONTRAST_FRACTION", 1e9)
+    sparse = inst.object_contrast(lab, img, 3)
+    assert banded.shape == sparse.shape == (7,)
+    assert np.isnan(banded[2]) and np.isnan(sparse[2]) and np.isfinite(np.delete(banded, 2)).all()
+    np.testing.assert_allclose(sparse, banded, rtol=0, atol=1e-12)
+    assert banded[6] > 4  # the bright disk, now label 7
+    # drop_reversed_contrast hands back the kept objects' contrasts, which add_missed_objects can reuse
+    out, keep, c = inst.drop_reversed_contrast(lab.copy(), img, 3, return_contrast=True)
+    np.testing.assert_allclose(c, inst.object_contrast(out, img, 3), rtol=0, atol=1e-12)
+    extra = _disks(shape, [(60, 60)], 5)
+    np.testing.assert_array_equal(inst.add_missed_objects(out, extra, img, 3, contrast=c)[1],
+                                  inst.add_missed_objects(out, extra, img, 3)[1])
+    with pytest.raises(ValueError, match="contrast has"):
+        inst.add_missed_objects(out, extra, img, 3, contrast=c[:-1])
+
+
+class UnsureNet(torch.nn.Module):
+    """Foreground rises gently with how much of a 9x9 window is bright: disks of radius 9
+    reach ~1, disks of radius 3 only ~0.15 (found by a faint pass, not at 0.5)."""
+
+    def forward(self, x):
+        fill = torch.nn.functional.avg_pool2d(x, 9, 1, 4, count_include_pad=False)
+        logit = (fill - 0.5) * 12
+        return torch.cat([logit, logit], dim=1)
+
+
+def test_faint_pass_adds_unsure_particles_that_stand_out_and_touch_nothing():
+    from napari_nanodefect.core.segment.predict import FAINT_MIN_CONTRAST
+
+    assert 0 < FAINT_MIN_CONTRAST < 1
+    shape = (260, 330)
+    big = [(30 + 70 * i, 30 + 70 * j) for i in range(4) for j in range(5)]
+    small = [(65 + 70 * i, 65 + 70 * j) for i in range(3) for j in range(4)]
+    lab_big, lab_small = _disks(shape, big, 9), _disks(shape, small, 3)
+    near = _disks(shape, [(30, 44)], 3)  # a small disk 1 px from a big one: its faint halo joins the big one's
+    img = ((lab_big > 0) | (lab_small > 0) | (near > 0)).astype(np.float32)
+
+    def model(faint):
+        cfg = ModelConfig(min_area_px=4, tile_size=128, tile_overlap=48, faint_threshold=faint)
+        return LoadedModel(UnsureNet().eval(), cfg, None, torch.device("cpu"))
+
+    plain = predict_array(model(0.0), img, scale=1.0)
+    assert plain.count == 20 and match_instances(lab_big, plain.labels, 0.5)["f1"] == 1.0
+    assert "faint" not in plain.seconds and "faint" not in plain.scale_source
+    res = predict_array(model(0.05), img, scale=1.0)
+    assert res.count == 32
+    np.testing.assert_array_equal(np.where(plain.labels > 0, res.labels, 0), plain.labels)  # first objects unchanged
+    for k, (cy, cx) in enumerate(small):  # one added object per small disk, covering it whole
+        obj = res.labels[cy, cx]
+        assert obj > 20
+        assert np.all(res.labels[lab_small == k + 1] == obj)
+        area = int(np.count_nonzero(res.labels == obj))
+        assert 29 <= area <= 4 * 29  # outlined at the faint level: wider than the disk, not a blob
+    assert res.labels[30, 44] == plain.labels[30, 44]  # the disk near a big one: not a separate faint object
+    assert "12 faint objects added" in res.scale_source and "faint" in res.seconds
+    assert res.classes == {k: "particle" for k in range(1, 33)}
+    whole = predict_array(model(0.05), img, scale=1.0, tile_size=2048, overlap=0)
+    assert whole.count == 32 and match_instances(res.labels, whole.labels, 0.5)["f1"] == 1.0
+    # with zoom the faint objects stay, and the zoom pass has nothing left to add here
+    assert predict_array(model(0.05), img, scale=1.0, zoom=True).count == 32
+    # no particle found at 0.5: nothing to compare a faint object with, so none is added
+    only_small = (lab_small > 0).astype(np.float32)
+    assert predict_array(model(0.05), only_small, scale=1.0).count == 0
+    # a threshold at or above fg_threshold is no faint pass
+    assert predict_array(model(0.5), img, scale=1.0).count == 20
+    # the shipped starter (so every fine-tune of it) has the pass; older configs do not
+    assert load_model(device="cpu").config.faint_threshold == 0.05
+    old = ModelConfig().to_json()
+    old.pop("faint_threshold")
+    assert ModelConfig.from_json(old).faint_threshold == 0.0
+
+
+def test_extract_instances_can_skip_components_touching_known_objects():
+    shape = (60, 90)
+    fg = (_disks(shape, [(20, 20), (20, 60), (45, 40)], 7) > 0).astype(np.float32)
+    known = np.zeros(shape, np.int32)
+    known[20, 68] = 5  # next to the second disk's edge (columns 53..67)
+    known[50, 5] = 1  # touches nothing
+    out, cls = extract_instances(fg, fg, min_area_px=6, exclude=known)
+    assert out.max() == 2 and cls.size == 2
+    assert out[20, 20] == 1 and out[45, 40] == 2 and out[20, 60] == 0
+    out2, _ = extract_instances(fg, fg, min_area_px=6, peak_h=0.1, exclude=known)
+    np.testing.assert_array_equal(out2, out)
+    assert extract_instances(fg, fg, min_area_px=6, exclude=(fg > 0).astype(np.int32))[0].max() == 0
+    with pytest.raises(ValueError, match="exclude shape"):
+        extract_instances(fg, fg, exclude=known[:, :10])
 
 
 class SizeClassNet(SizeNet):

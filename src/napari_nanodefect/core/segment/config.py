@@ -54,6 +54,10 @@ class ModelConfig:
     #: their saddle (core.segment.instances.split_by_peaks) instead of at its regions above
     #: seed_threshold; 0 = the threshold rule
     split_peak_h: float = 0.0
+    #: > 0 (below fg_threshold): after the contrast filter, objects of ``fg > faint_threshold``
+    #: that touch no object already found and stand out like those objects are added
+    #: (faint and small particles the network is unsure of); 0 = off
+    faint_threshold: float = 0.0
     #: network px: ring around each object in which its contrast with the surroundings is
     #: measured; objects of the image's minority contrast sign are dropped (0: keep all)
     contrast_ring_px: float = 3.0

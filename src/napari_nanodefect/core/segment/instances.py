@@ -35,6 +35,7 @@ def extract_instances(
     class_prob: np.ndarray | None = None,
     peak_h: float = 0.0,
     peak_sigma_px: float = 1.0,
+    exclude: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Instance labels (int32, 0 = background) and the class index of each label.
 
@@ -45,11 +46,25 @@ def extract_instances(
     ``peak_h`` > 0: seeds are the distance map's h-maxima (:func:`split_by_peaks`; the
     map smoothed by a Gaussian of ``peak_sigma_px``) instead of its regions above
     ``seed_threshold``.
+    ``exclude``: labels of objects already found (same shape); components of
+    ``fg > fg_threshold`` that overlap or touch one of them are dropped before any
+    splitting (a second, looser extraction then costs only what is new).
     """
     from skimage.segmentation import watershed
 
     fg, dist = np.asarray(fg), np.asarray(dist)
     comps, n_comp = ndi.label(_above(fg, fg_threshold))
+    if exclude is not None and n_comp:
+        if exclude.shape != comps.shape:
+            raise ValueError(f"exclude shape {exclude.shape} differs from the maps' {comps.shape}")
+        drop = _touching(comps, n_comp, exclude)
+        drop[0] = True
+        if drop[1:].any():
+            lut = np.cumsum(~drop).astype(np.int32) * ~drop
+            n_comp = int(lut.max())
+            band = max(1, SEED_BAND_PIXELS // max(comps.shape[1], 1))
+            for r0 in range(0, comps.shape[0], band):
+                comps[r0:r0 + band] = lut[comps[r0:r0 + band]]
     if n_comp == 0:
         return np.zeros(fg.shape, np.int32), np.zeros(0, np.int64)
     if peak_h > 0:
@@ -181,6 +196,11 @@ def object_contrast(labels: np.ndarray, image: np.ndarray, ring_px: int) -> np.n
         raise ValueError(f"image shape {image.shape} differs from labels shape {labels.shape}")
     g = max(1, int(ring_px))
     H, W = labels.shape
+    slices = ndi.find_objects(labels)
+    boxes = sum((min(sl[0].stop + 2 * g, H) - max(sl[0].start - 2 * g, 0))
+                * (min(sl[1].stop + 2 * g, W) - max(sl[1].start - 2 * g, 0)) for sl in slices if sl is not None)
+    if boxes <= SPARSE_CONTRAST_FRACTION * H * W:
+        return _contrast_by_object(labels, image, g, slices)
     band = max(1, SEED_BAND_PIXELS // max(W, 1))
     obj_sum = np.zeros(n + 1)
     obj_cnt = np.zeros(n + 1)
@@ -202,7 +222,34 @@ def object_contrast(labels: np.ndarray, image: np.ndarray, ring_px: int) -> np.n
         return (obj_sum / obj_cnt - ring_sum / ring_cnt)[1:]
 
 
-def drop_reversed_contrast(labels: np.ndarray, image: np.ndarray, ring_px: int) -> tuple[np.ndarray, np.ndarray]:
+#: :func:`object_contrast` works object by object (in each object's box, padded by twice
+#: the ring) when those boxes cover at most this fraction of the image: a few objects in
+#: a large image then cost only their boxes, not whole-image filters
+SPARSE_CONTRAST_FRACTION = 0.25
+
+
+def _contrast_by_object(labels: np.ndarray, image: np.ndarray, g: int, slices) -> np.ndarray:
+    """:func:`object_contrast` computed in each object's box padded by ``2 g``: a ring
+    pixel lies within ``g`` of its object and its neighbourhood within ``g`` of it, so the
+    box's own maximum filter gives exactly the whole image's there."""
+    H, W = labels.shape
+    out = np.full(len(slices), np.nan)
+    for k, sl in enumerate(slices, 1):
+        if sl is None:
+            continue
+        y0, y1 = max(sl[0].start - 2 * g, 0), min(sl[0].stop + 2 * g, H)
+        x0, x1 = max(sl[1].start - 2 * g, 0), min(sl[1].stop + 2 * g, W)
+        lab = labels[y0:y1, x0:x1]
+        img = np.asarray(image[y0:y1, x0:x1], dtype=np.float64)
+        near = ndi.maximum_filter(lab, size=2 * g + 1, mode="constant", cval=0)
+        ring = (lab == 0) & (near == k)
+        if ring.any():
+            out[k - 1] = img[lab == k].mean() - img[ring].mean()
+    return out
+
+
+def drop_reversed_contrast(labels: np.ndarray, image: np.ndarray, ring_px: int,
+                           return_contrast: bool = False) -> tuple[np.ndarray, ...]:
     """Remove objects whose contrast with their surroundings (:func:`object_contrast`) has
     the opposite sign to the image's particles: in a HAADF image, an "object" darker than
     its own surroundings is a gap between bright support clumps, not a particle (and vice
@@ -211,7 +258,8 @@ def drop_reversed_contrast(labels: np.ndarray, image: np.ndarray, ring_px: int) 
     clumpy W/C support; they rarely outshine them). Objects without a ring are kept, and
     so is everything with fewer than :data:`MIN_OBJECTS_FOR_POLARITY` measurable objects or
     a zero median. Returns ``(labels, keep)``: labels renumbered 1..m in place, ``keep`` a
-    boolean mask over the old labels 1..n."""
+    boolean mask over the old labels 1..n; with ``return_contrast`` also the contrasts of
+    the kept objects 1..m."""
     c = object_contrast(labels, image, ring_px)
     keep = np.ones(c.size, bool)
     finite = np.isfinite(c)
@@ -222,13 +270,13 @@ def drop_reversed_contrast(labels: np.ndarray, image: np.ndarray, ring_px: int) 
         if polarity != 0:
             keep = ~finite | (polarity * c > 0)
     if keep.all():
-        return labels, keep
+        return (labels, keep, c) if return_contrast else (labels, keep)
     lut = np.zeros(c.size + 1, np.int32)
     lut[1:][keep] = np.arange(1, int(keep.sum()) + 1)
     band = max(1, SEED_BAND_PIXELS // max(labels.shape[1], 1))
     for r0 in range(0, labels.shape[0], band):
         labels[r0:r0 + band] = lut[labels[r0:r0 + band]]
-    return labels, keep
+    return (labels, keep, c[keep]) if return_contrast else (labels, keep)
 
 
 def _above(a: np.ndarray, threshold: float) -> np.ndarray:
@@ -262,8 +310,23 @@ def _remove_small(labels: np.ndarray, min_area: float) -> np.ndarray:
     return labels
 
 
+def _touching(labels: np.ndarray, n: int, first: np.ndarray) -> np.ndarray:
+    """Boolean over labels 0..n: which objects of ``labels`` have a pixel in or next to
+    (sharing an edge with) an object of ``first``. Row bands: memory stays band-sized."""
+    H, W = labels.shape
+    band = max(1, SEED_BAND_PIXELS // max(W, 1))
+    touching = np.zeros(n + 1, bool)
+    for r0 in range(0, H, band):
+        r1 = min(r0 + band, H)
+        a0, a1 = max(r0 - 1, 0), min(r1 + 1, H)
+        near = ndi.binary_dilation(first[a0:a1] > 0)[r0 - a0 : r1 - a0]
+        touching |= np.bincount(labels[r0:r1][near], minlength=n + 1) > 0
+    return touching
+
+
 def add_missed_objects(labels: np.ndarray, extra: np.ndarray, image: np.ndarray, ring_px: int,
-                       min_contrast: float = 0.5, in_place: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                       min_contrast: float = 0.5, in_place: bool = False,
+                       need_reference: bool = False, contrast: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Add to ``labels`` the objects of ``extra`` (a second segmentation of the same image,
     e.g. at a finer scale) that the first one missed.
 
@@ -273,7 +336,9 @@ def add_missed_objects(labels: np.ndarray, extra: np.ndarray, image: np.ndarray,
     objects of ``labels`` and at least ``min_contrast`` times its size. Objects without a
     ring (packed among others) pass the contrast test. With fewer than
     :data:`MIN_OBJECTS_FOR_POLARITY` measurable objects in ``labels`` the sign is taken from
-    ``extra``'s own objects and the size is not tested.
+    ``extra``'s own objects and the size is not tested, or, with ``need_reference=True``,
+    nothing is added. ``contrast``: the :func:`object_contrast` of ``labels``' objects
+    1..n when the caller has it already (same ``image`` and ``ring_px``).
 
     Returns ``(merged, keep)``: a new label image (``labels`` itself, updated, with
     ``in_place=True`` and int32 labels), with the objects of ``labels`` unchanged and the
@@ -289,23 +354,22 @@ def add_missed_objects(labels: np.ndarray, extra: np.ndarray, image: np.ndarray,
         return (labels if in_place else labels.copy()), np.zeros(0, bool)
     H, W = labels.shape
     band = max(1, SEED_BAND_PIXELS // max(W, 1))
-    touching = np.zeros(m + 1, bool)
+    touching = _touching(extra, m, labels)  # in or next to a first-pass object
     present = np.zeros(m + 1, bool)
     for r0 in range(0, H, band):
-        r1 = min(r0 + band, H)
-        a0, a1 = max(r0 - 1, 0), min(r1 + 1, H)
-        near = ndi.binary_dilation(labels[a0:a1] > 0)[r0 - a0 : r1 - a0]  # in or next to a first-pass object
-        ex = extra[r0:r1]
-        touching |= np.bincount(ex[near], minlength=m + 1) > 0
-        present |= np.bincount(ex.ravel(), minlength=m + 1) > 0
+        present |= np.bincount(extra[r0:r0 + band].ravel(), minlength=m + 1) > 0
     keep = (present & ~touching)[1:]
     c2 = object_contrast(extra, image, ring_px)
-    c1 = object_contrast(labels, image, ring_px) if n1 else np.zeros(0)
+    if contrast is not None and len(contrast) != n1:
+        raise ValueError(f"contrast has {len(contrast)} values for {n1} objects")
+    c1 = (object_contrast(labels, image, ring_px) if contrast is None else np.asarray(contrast, float)) if n1 else np.zeros(0)
     c1 = c1[np.isfinite(c1)]
     measurable = np.isfinite(c2)
     if c1.size >= MIN_OBJECTS_FOR_POLARITY and np.median(c1) != 0:
         ref = float(np.median(c1))
         ok = ~measurable | (np.where(measurable, c2, 0.0) * np.sign(ref) >= min_contrast * abs(ref))
+    elif need_reference:
+        ok = np.zeros(m, bool)
     else:
         own = c2[measurable]
         sign = np.sign(np.median(own)) if own.size >= MIN_OBJECTS_FOR_POLARITY else 0.0

@@ -20,6 +20,11 @@ Scale ``s`` (network pixels per image pixel):
   smaller scale corrects it;
 - or a number given by the user.
 
+With ``faint_threshold`` > 0 in the model's config (0.05 in the shipped starter), the same
+maps are read again at that lower foreground level, and the objects found there that touch
+nothing found at ``fg_threshold`` and stand out like the particles found are added: small
+and faint particles the network is unsure of (no extra network time; docs/model.md).
+
 ``zoom=True`` adds a second look for particles too small for the chosen scale: the image is
 segmented again at :data:`ZOOM_FACTOR` times the scale, and the objects found there that
 touch nothing found at the first scale and stand out like the particles already found are
@@ -507,11 +512,23 @@ def predict_array(
                 times["second_pass"] = time.perf_counter() - t1
                 source += f"; objects measured {d:.1f} px, re-run at {s2:.3g}"
                 s = s2
+    contrast = None  # of the objects in labels, when measured
     if cfg.contrast_ring_px > 0 and labels.max() > 0:
         t1 = time.perf_counter()
-        labels, keep = drop_reversed_contrast(labels, image, max(2, int(round(cfg.contrast_ring_px / s))))
+        labels, keep, contrast = drop_reversed_contrast(labels, image, max(2, int(round(cfg.contrast_ring_px / s))),
+                                                        return_contrast=True)
         cidx = np.asarray(cidx)[keep]
         times["contrast"] = time.perf_counter() - t1
+    if 0 < cfg.faint_threshold < cfg.fg_threshold and labels.max() > 0:
+        t1 = time.perf_counter()
+        faint, cidx2 = _extract(fg, dist, cls, cfg, s, threshold=cfg.faint_threshold, exclude=labels)
+        ring = max(2, int(round((cfg.contrast_ring_px or DEFAULT_RING_PX) / s)))
+        labels, added = add_missed_objects(labels, faint, image, ring, FAINT_MIN_CONTRAST, in_place=True,
+                                           need_reference=True, contrast=contrast)
+        del faint
+        cidx = np.concatenate([np.asarray(cidx, np.int64).reshape(-1), np.asarray(cidx2, np.int64).reshape(-1)[added]])
+        times["faint"] = time.perf_counter() - t1
+        source += f"; {int(added.sum())} faint objects added"
     if zoom:
         s2 = s * ZOOM_FACTOR
         del dist, cls  # memory for the second pass's maps
@@ -548,6 +565,10 @@ MAX_ZOOM_SCALE = 2.2
 #: objects the zoom pass adds must stand out from their surroundings by at least this
 #: fraction of the median contrast of the particles the first pass found
 ZOOM_MIN_CONTRAST = 0.5
+#: objects of the faint pass (``faint_threshold`` in a model's config) must stand out
+#: from their surroundings by at least this fraction of the median contrast of the
+#: particles found at ``fg_threshold``
+FAINT_MIN_CONTRAST = 0.5
 #: contrast ring (network px) for the zoom pass when a model's filter is off
 DEFAULT_RING_PX = 3
 
@@ -584,12 +605,16 @@ def _maps(model, image, s, batch_size, progress, tile_size, overlap, tta):
     return tuple(None if a is None else ((a + n // 2) // n).astype(np.uint8) for a in sums)
 
 
-def _extract(fg, dist, cls, cfg, s):
+def _extract(fg, dist, cls, cfg, s, threshold=None, exclude=None):
     # the minimum object area is set in network pixels; convert to image pixels
     min_area = cfg.min_area_px / (s * s)
     # peaks of the distance map are found on it smoothed by one network px
-    return extract_instances(fg, dist, cfg.fg_threshold, cfg.seed_threshold, min_area, cls,
-                             peak_h=cfg.split_peak_h, peak_sigma_px=1.0 / s)
+    if threshold is None:
+        fg_t, seed_t = cfg.fg_threshold, cfg.seed_threshold
+    else:  # the faint pass: foreground and (threshold-rule) seeds both at the lower level
+        fg_t = seed_t = threshold
+    return extract_instances(fg, dist, fg_t, seed_t, min_area, cls,
+                             peak_h=cfg.split_peak_h, peak_sigma_px=1.0 / s, exclude=exclude)
 
 
 def predict_image(model: LoadedModel, image: str | Path | Micrograph, **kwargs) -> Prediction:
