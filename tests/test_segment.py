@@ -952,6 +952,14 @@ class UnsureNet(torch.nn.Module):
         return torch.cat([logit, logit], dim=1)
 
 
+class UnsureClassNet(UnsureNet):
+    """UnsureNet with two classes: "large" where a 15x15 window is mostly object, else "small"."""
+
+    def forward(self, x):
+        c = (torch.nn.functional.avg_pool2d(x, 15, 1, 7, count_include_pad=False) - 0.3) * 20
+        return torch.cat([super().forward(x), c, -c], dim=1)
+
+
 def test_faint_pass_adds_unsure_particles_that_stand_out_and_touch_nothing():
     from napari_nanodefect.core.segment.predict import FAINT_MIN_CONTRAST
 
@@ -982,6 +990,11 @@ def test_faint_pass_adds_unsure_particles_that_stand_out_and_touch_nothing():
     assert res.labels[30, 44] == plain.labels[30, 44]  # the disk near a big one: not a separate faint object
     assert "12 faint objects added" in res.scale_source and "faint" in res.seconds
     assert res.classes == {k: "particle" for k in range(1, 33)}
+    # with classes, each added object keeps its own class
+    cfg2 = ModelConfig(min_area_px=4, tile_size=128, tile_overlap=48, faint_threshold=0.05, classes=["large", "small"])
+    two = predict_array(LoadedModel(UnsureClassNet().eval(), cfg2, None, torch.device("cpu")), img, scale=1.0)
+    assert two.count == 32
+    assert [two.classes[k] for k in range(1, 33)] == ["large"] * 20 + ["small"] * 12
     whole = predict_array(model(0.05), img, scale=1.0, tile_size=2048, overlap=0)
     assert whole.count == 32 and match_instances(res.labels, whole.labels, 0.5)["f1"] == 1.0
     # with zoom the faint objects stay, and the zoom pass has nothing left to add here
