@@ -582,6 +582,39 @@ def test_scale_probe_rejects_objects_of_both_polarities(monkeypatch):
     assert P.estimate_scale(model, img)[0] > 1.9
 
 
+def test_scale_probe_repeats_with_a_larger_window_when_it_saw_few_objects(monkeypatch):
+    """The probe (one window size, faked here) chose a scale whose window held fewer than
+    PROBE_MIN_OBJECTS objects: it is repeated with the larger window, whose choice is
+    kept. Enough objects, a window that already showed the whole image, a window given by
+    the caller, or a larger window where nothing scores: the first probe stands."""
+    import napari_nanodefect.core.segment.predict as P
+
+    calls = []
+    counts = {}
+
+    def probe(m, img, w, cands):
+        calls.append(w)
+        n, score = counts[w]
+        return (1.0 if w == 448 else 1.5), [{"scale": 1.0, "count": n, "rank_score": score, "window": w}]
+
+    monkeypatch.setattr(P, "_probe", probe)
+    model = _local_model()
+
+    def run(shape=(1000, 1000), **kw):
+        calls.clear()
+        s, stats = P.estimate_scale(model, np.zeros(shape, np.float32), **kw)
+        return s, calls[:], stats[0]["window"]
+
+    counts.update({448: (20, 1.0), 768: (60, 1.0)})
+    assert run() == (1.5, [448, 768], 768)  # few objects: the larger window decides
+    assert run(window=448) == (1.0, [448], 448)  # the caller's window
+    assert run(shape=(400, 400)) == (1.0, [448], 448)  # 448 px at scale 1 showed it whole
+    counts[768] = (3, 0.0)
+    assert run() == (1.0, [448, 768], 448)  # nothing scores in the larger window
+    counts[448] = (P.PROBE_MIN_OBJECTS, 1.0)
+    assert run() == (1.0, [448], 448)  # enough objects
+
+
 def test_size_consistency_is_a_log_normal_factor_around_the_trained_size():
     from napari_nanodefect.core.segment.predict import size_consistency
 

@@ -14,7 +14,8 @@ Scale ``s`` (network pixels per image pixel):
   several scales (0.15x to 4x) and keeps the one where the model is most confident about
   the objects it finds (mean foreground probability inside objects, smoothed over
   neighbouring scales, at least 4 objects, not a texture read as packed objects: see
-  :func:`plausible_coverage`, and of one polarity: :func:`polarity_coherence`); after
+  :func:`plausible_coverage`, and of one polarity: :func:`polarity_coherence`; with a
+  larger window when the first one held few objects); after
   the whole-image pass, if the median
   object is still more than 1.5x larger than the trained size, one more pass at a
   smaller scale corrects it;
@@ -287,7 +288,18 @@ def plausible_coverage(coverage: float, core_coverage: float) -> bool:
 
 def _core_coverage(dist: np.ndarray, cfg) -> float:
     return float(np.count_nonzero(_above(dist, cfg.seed_threshold))) / dist.size
+
+
 MAX_SCALE_RETRIES = 3
+#: the scale probe's window (network px a side)...
+PROBE_WINDOW = 448
+#: ...and the larger one it is repeated with when the chosen scale's window held fewer
+#: than PROBE_MIN_OBJECTS objects (and did not already show the whole image): with a
+#: dozen or two particles per window the score's count and mean confidence are too noisy
+#: to rank neighbouring scales, and a fixed network window shows fewer image pixels, so
+#: fewer particles, the larger the scale (docs/model.md, "Scale normalisation")
+PROBE_WINDOW_LARGE = 768
+PROBE_MIN_OBJECTS = 50
 #: the probe's score is multiplied by the objects' polarity coherence to this power
 #: (:func:`polarity_coherence`)
 COHERENCE_POWER = 4
@@ -344,11 +356,14 @@ def _probe_window(model: LoadedModel, crop: np.ndarray, c: float) -> tuple[np.nd
     return small, 1.0, (lo, hi)
 
 
-def estimate_scale(model: LoadedModel, image: np.ndarray, window: int = 448,
+def estimate_scale(model: LoadedModel, image: np.ndarray, window: int | None = None,
                    candidates: tuple[float, ...] = PROBE_SCALES) -> tuple[float, list[dict]]:
     """Scale at which the model is most confident about the objects in ``image``.
 
-    A central window (``window`` network px) is segmented at each candidate scale; the
+    A central window (``window`` network px; by default :data:`PROBE_WINDOW`, and the probe
+    is repeated with :data:`PROBE_WINDOW_LARGE` when the chosen scale's window held fewer
+    than :data:`PROBE_MIN_OBJECTS` objects and was not the whole image; each entry of the
+    statistics records its ``window``) is segmented at each candidate scale; the
     score is ``mean_fg ** 8 * log(1 + n)`` (``mean_fg``: mean foreground probability inside
     the ``n`` objects found; 0 with fewer than 4 objects, or when their coverage of the
     window is implausible, see :func:`plausible_coverage`), times the objects'
@@ -364,6 +379,22 @@ def estimate_scale(model: LoadedModel, image: np.ndarray, window: int = 448,
     docs/model.md has the history). Returns the scale and the per-scale statistics (count,
     median diameter in network px, coherence, score, prior).
     """
+    if window is not None:
+        return _probe(model, image, int(window), candidates)
+    s, stats = _probe(model, image, PROBE_WINDOW, candidates)
+    best = max(stats, key=lambda st: st.get("rank_score", 0.0))
+    H, W = image.shape
+    whole = int(min(H, W, max(32, PROBE_WINDOW / best["scale"]))) >= min(H, W)
+    if best.get("rank_score", 0.0) > 0 and best["count"] < PROBE_MIN_OBJECTS and not whole:
+        s2, stats2 = _probe(model, image, PROBE_WINDOW_LARGE, candidates)
+        if any(st.get("rank_score", 0.0) > 0 for st in stats2):
+            return s2, stats2
+    return s, stats
+
+
+def _probe(model: LoadedModel, image: np.ndarray, window: int,
+           candidates: tuple[float, ...]) -> tuple[float, list[dict]]:
+    """:func:`estimate_scale` with one window size."""
     H, W = image.shape
     cfg = model.config
     stats = []
@@ -393,7 +424,8 @@ def estimate_scale(model: LoadedModel, image: np.ndarray, window: int = 448,
                 score *= coherence**COHERENCE_POWER
                 if SIZE_SIGMA > 0:
                     score *= size_consistency(d_net, cfg.object_diameter_px)
-        stats.append({"scale": c, "count": n, "diameter_px": d_net, "score": score, "coherence": coherence})
+        stats.append({"scale": c, "count": n, "diameter_px": d_net, "score": score, "coherence": coherence,
+                      "window": window})
     sc = np.array([st["score"] for st in stats])
     ok = sc > 0
     if not ok.any():
