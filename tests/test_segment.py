@@ -391,7 +391,9 @@ def test_no_early_stopping_before_min_train_s(tmp_path):
     # loaded machine's slower checks do not reach it)
     assert res.summary["loop_seconds"] >= 3.0
     assert res.summary["loop_seconds"] < res.summary["loop_budget_s"] - 1.0
-    assert len(res.history) > 3 and not any(h.improved for h in res.history[-3:])
+    # patience 2: the last two checks did not improve (the BatchNorm statistics still move
+    # at this learning rate, so an earlier check may have; under load the third-last did)
+    assert len(res.history) > 3 and not any(h.improved for h in res.history[-2:])
 
 
 def test_time_budget_counts_the_whole_call(tmp_path):
@@ -592,7 +594,7 @@ def test_scale_probe_repeats_with_a_larger_window_when_it_saw_few_objects(monkey
     calls = []
     counts = {}
 
-    def probe(m, img, w, cands):
+    def probe(m, img, w, cands, only=None, known=None, first=None):
         calls.append(w)
         n, score = counts[w]
         return (1.0 if w == 448 else 1.5), [{"scale": 1.0, "count": n, "rank_score": score, "window": w}]
@@ -613,6 +615,66 @@ def test_scale_probe_repeats_with_a_larger_window_when_it_saw_few_objects(monkey
     assert run() == (1.0, [448, 768], 448)  # nothing scores in the larger window
     counts[448] = (P.PROBE_MIN_OBJECTS, 1.0)
     assert run() == (1.0, [448], 448)  # enough objects
+
+
+def test_scale_probe_repeat_measures_only_the_chosen_scale_and_its_neighbours(monkeypatch):
+    """The larger window re-measures the first choice and REPEAT_STEPS scales each side: a
+    far scale that would win in the larger window is not measured; windows that already
+    showed the whole image are reused; the next candidates out lend the smoothing their
+    first-window scores, rescaled by the two windows' score ratio."""
+    import napari_nanodefect.core.segment.predict as P
+
+    assert P.REPEAT_STEPS == 1
+    seen, calls = {}, []
+    counts = {448: [10, 20, 30, 35, 38, 40, 36, 30, 20, 10, 5], 768: [60] * 11}
+    counts[768][6], counts[768][9] = 100, 1000  # the larger window prefers index 6 (and 9)
+
+    def window(m, crop, c):
+        k = P.PROBE_SCALES.index(c)
+        w = 768 if abs(crop.shape[0] * c - 768) < 2 else 448  # clipped windows count as 448
+        calls.append((k, w))
+        seen["n"] = counts[w][k]
+        return crop, c, None
+
+    def objects(fg, dist, *a):
+        lab = np.zeros(fg.size, np.int32)
+        lab[: seen["n"] * 3 : 3] = np.arange(1, seen["n"] + 1)  # one-pixel objects
+        return lab.reshape(fg.shape), None
+
+    monkeypatch.setattr(P, "_probe_window", window)
+    monkeypatch.setattr(P, "predict_maps", lambda m, crop, *a, **k: (np.full(crop.shape, 200, np.uint8),) * 2 + (None,))
+    monkeypatch.setattr(P, "extract_instances", objects)
+    monkeypatch.setattr(P, "polarity_coherence", lambda *a: 1.0)
+    monkeypatch.setattr(P, "SIZE_SIGMA", 0.0)
+    model = _local_model(train_scale=1.0, min_area_px=1)
+    img = np.zeros((2000, 2000), np.float32)
+
+    s, stats = P.estimate_scale(model, img)
+    assert s == P.PROBE_SCALES[6]  # not 9: never measured in the larger window
+    assert sorted(k for k, w in calls[:11]) == list(range(11))
+    assert calls[11:] == [(4, 768), (5, 768), (6, 768)]
+    assert [st["window"] for st in stats] == [448] * 4 + [768] * 3 + [448] * 4
+    assert stats[6]["count"] == 100 and stats[9]["count"] == 10
+    assert P.estimate_scale(model, img, window=448)[0] == P.PROBE_SCALES[5]
+
+    # 700 px: at 448 network px the windows of scales <= 0.64 (indices <= 4) hold the whole
+    # image, so the repeat reuses index 4 and measures 5 and 6 only
+    calls.clear()
+    s, stats = P.estimate_scale(model, np.zeros((700, 700), np.float32))
+    assert [k for k, _ in calls[11:]] == [5, 6]
+    assert stats[4]["window"] == 768 and stats[4]["count"] == counts[448][4]
+
+    # the neighbours' stand-in scores: 4, 5 and 6 score alike in the larger window (and
+    # their prior is symmetric about 5); the first window's score at 3 or at 7, above theirs
+    # there, tips the choice towards it
+    counts[768] = [60] * 11
+    model = _local_model(train_scale=float(P.PROBE_SCALES[5]), min_area_px=1)
+    for big, expect in ((3, 4), (7, 6), (None, 5)):
+        first = [{"score": 1.0} for _ in P.PROBE_SCALES]
+        if big is not None:
+            first[big]["score"] = 1.5
+        s, _ = P._probe(model, img, 768, P.PROBE_SCALES, only=range(4, 7), first=first)
+        assert s == P.PROBE_SCALES[expect], big
 
 
 def test_size_consistency_is_a_log_normal_factor_around_the_trained_size():

@@ -300,6 +300,12 @@ PROBE_WINDOW = 448
 #: fewer particles, the larger the scale (docs/model.md, "Scale normalisation")
 PROBE_WINDOW_LARGE = 768
 PROBE_MIN_OBJECTS = 50
+#: the larger window re-measures the first probe's choice and this many scales on each
+#: side of it (the next ones out lend the smoothing their first-window scores, rescaled)
+REPEAT_STEPS = 1
+#: the probe measures a shrunk window's normalisation range on a regular subsample of at
+#: most this many of its full-resolution pixels (the whole-image pass uses 10**6)
+PROBE_RANGE_SAMPLES = 250_000
 #: the probe's score is multiplied by the objects' polarity coherence to this power
 #: (:func:`polarity_coherence`)
 COHERENCE_POWER = 4
@@ -348,7 +354,7 @@ def _probe_window(model: LoadedModel, crop: np.ndarray, c: float) -> tuple[np.nd
     if c >= 1 or not ANTIALIAS or min(hs, ws) < 32:
         return crop, c, None
     bg = support_background(cfg, crop, c)
-    lo, hi = flat_range(crop, bg, *_percentiles(cfg))
+    lo, hi = flat_range(crop, bg, *_percentiles(cfg), max_samples=PROBE_RANGE_SAMPLES)
     small = shrink(crop, (hs, ws))
     if bg is not None:
         # the field at the small pixels' centres, in window coordinates
@@ -360,9 +366,10 @@ def estimate_scale(model: LoadedModel, image: np.ndarray, window: int | None = N
                    candidates: tuple[float, ...] = PROBE_SCALES) -> tuple[float, list[dict]]:
     """Scale at which the model is most confident about the objects in ``image``.
 
-    A central window (``window`` network px; by default :data:`PROBE_WINDOW`, and the probe
-    is repeated with :data:`PROBE_WINDOW_LARGE` when the chosen scale's window held fewer
-    than :data:`PROBE_MIN_OBJECTS` objects and was not the whole image; each entry of the
+    A central window (``window`` network px; by default :data:`PROBE_WINDOW`, and the
+    chosen scale and :data:`REPEAT_STEPS` candidates on each side of it are measured again
+    with :data:`PROBE_WINDOW_LARGE` when the chosen scale's window held fewer than
+    :data:`PROBE_MIN_OBJECTS` objects and was not the whole image; each entry of the
     statistics records its ``window``) is segmented at each candidate scale; the
     score is ``mean_fg ** 8 * log(1 + n)`` (``mean_fg``: mean foreground probability inside
     the ``n`` objects found; 0 with fewer than 4 objects, or when their coverage of the
@@ -382,23 +389,43 @@ def estimate_scale(model: LoadedModel, image: np.ndarray, window: int | None = N
     if window is not None:
         return _probe(model, image, int(window), candidates)
     s, stats = _probe(model, image, PROBE_WINDOW, candidates)
-    best = max(stats, key=lambda st: st.get("rank_score", 0.0))
+    i = max(range(len(stats)), key=lambda k: stats[k].get("rank_score", 0.0))
+    best = stats[i]
     H, W = image.shape
     whole = int(min(H, W, max(32, PROBE_WINDOW / best["scale"]))) >= min(H, W)
     if best.get("rank_score", 0.0) > 0 and best["count"] < PROBE_MIN_OBJECTS and not whole:
-        s2, stats2 = _probe(model, image, PROBE_WINDOW_LARGE, candidates)
-        if any(st.get("rank_score", 0.0) > 0 for st in stats2):
-            return s2, stats2
+        # the larger window decides among the chosen scale and its neighbours; a window that
+        # already showed the whole image gives the same objects again and is not recomputed
+        near = range(max(0, i - REPEAT_STEPS), min(len(stats), i + 1 + REPEAT_STEPS))
+        known = {k: stats[k] for k in near
+                 if int(min(H, W, max(32, PROBE_WINDOW / candidates[k]))) >= min(H, W)}
+        s2, stats2 = _probe(model, image, PROBE_WINDOW_LARGE, candidates, only=near, known=known, first=stats)
+        if any(stats2[k].get("rank_score", 0.0) > 0 for k in near):
+            # candidates the repeat did not measure keep the first window's entries (the
+            # retries after an implausible whole-image result draw on them)
+            return s2, [stats2[k] if k in near else stats[k] for k in range(len(stats))]
     return s, stats
 
 
-def _probe(model: LoadedModel, image: np.ndarray, window: int,
-           candidates: tuple[float, ...]) -> tuple[float, list[dict]]:
-    """:func:`estimate_scale` with one window size."""
+def _probe(model: LoadedModel, image: np.ndarray, window: int, candidates: tuple[float, ...],
+           only: range | None = None, known: dict[int, dict] | None = None,
+           first: list[dict] | None = None) -> tuple[float, list[dict]]:
+    """:func:`estimate_scale` with one window size. ``only``: the candidate indices to
+    measure and choose among (the others score 0); ``known``: entries already measured on
+    the same pixels, reused; ``first``: a probe with another window whose scores of the two
+    candidates just outside ``only``, times the geometric mean ratio of this window's
+    scores to that one's over ``only``, stand in as their neighbours for the smoothing."""
     H, W = image.shape
     cfg = model.config
     stats = []
-    for c in candidates:
+    for k, c in enumerate(candidates):
+        if only is not None and k not in only:
+            stats.append({"scale": c, "count": 0, "diameter_px": float("nan"), "score": 0.0,
+                          "coherence": float("nan"), "window": window, "skipped": True})
+            continue
+        if known and k in known:
+            stats.append({**known[k], "window": window})
+            continue
         side = int(min(H, W, max(32, window / c)))
         y0, x0 = (H - side) // 2, (W - side) // 2
         crop = image[y0 : y0 + side, x0 : x0 + side]
@@ -428,6 +455,15 @@ def _probe(model: LoadedModel, image: np.ndarray, window: int,
                       "window": window})
     sc = np.array([st["score"] for st in stats])
     ok = sc > 0
+    if only is not None:
+        ok &= np.isin(np.arange(len(candidates)), list(only))
+    if only is not None and first is not None:
+        pairs = [(st["score"], f["score"]) for k, (st, f) in enumerate(zip(stats, first))
+                 if k in only and st["score"] > 0 and f["score"] > 0]
+        ratio = float(np.exp(np.mean([math.log(a / b) for a, b in pairs]))) if pairs else 1.0
+        for k in (only.start - 1, only.stop):
+            if 0 <= k < len(candidates):
+                sc[k] = first[k]["score"] * ratio
     if not ok.any():
         return float(cfg.train_scale or 1.0), stats
     # zero beyond the ends: repeating the end values ("edge") gave the first and last
