@@ -74,6 +74,7 @@ def main(argv=None) -> int:
     ap.add_argument("--patience", type=int, default=None,
                     help="validation checks without improvement before early stopping (default: train()'s)")
     ap.add_argument("--scale-jitter", type=float, default=None, help="train()'s scale_jitter (default: train()'s)")
+    ap.add_argument("--paste", type=float, default=None, help="train()'s paste (copy-paste augmentation; default: train()'s, off)")
     ap.add_argument("--patch", type=int, default=None, help="training patch size (default: train()'s)")
     ap.add_argument("--starter", default=None, metavar="DIR",
                     help="fine-tune this model folder instead of the shipped starter (e.g. a new scripts/train_starter.py output)")
@@ -99,7 +100,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         res = train(paths, args.keep_model or Path(tmp) / "model", base=args.starter or "starter", time_budget_s=args.budget,
                     seed=args.seed, **{k: v for k, v in (("patience", args.patience), ("scale_jitter", args.scale_jitter),
-                                            ("patch", args.patch)) if v is not None})
+                                            ("patch", args.patch), ("paste", args.paste)) if v is not None})
         out["fine_tune"] = {"wall_s": round(time.perf_counter() - t0, 1), **{k: res.summary[k] for k in
                             ("iterations", "loop_seconds", "best_val_f1", "n_objects", "n_crops", "scales")}}
         print(f"fine-tuned on {res.summary['n_objects']} objects in {res.summary['n_crops']} crops: "

@@ -1178,3 +1178,70 @@ def test_precision_rules_and_bf16_maps_match_float32(monkeypatch):
     b = predict_array(exact, img, scale=1.0)
     assert b.count > 30 and (a.precision, b.precision) == ("bfloat16", "float32")
     assert match_instances(b.labels, a.labels, 0.5)["f1"] > 0.95
+
+
+def _disk_region():
+    """Four bright disks (radius 6) on a flat support: normalised, support 0 and disks 1."""
+    from napari_nanodefect.core.segment.data import region_from_labels
+
+    lab = np.zeros((64, 64), np.int32)
+    yy, xx = np.mgrid[:64, :64]
+    for k, (cy, cx) in enumerate(((16, 16), (16, 48), (48, 16), (48, 48))):
+        lab[(yy - cy) ** 2 + (xx - cx) ** 2 <= 36] = k + 1
+    return region_from_labels(0.2 + 0.5 * (lab > 0).astype(np.float32), lab, val_fraction=0.0)
+
+
+def test_paste_objects_adds_contrast_and_targets_on_free_training_pixels():
+    """A pasted object adds its contrast over its ring to the image and brings its mask,
+    distance map and class; it lands only where its footprint is on training pixels and
+    clear of objects, and only on support at its own level (within the tolerance)."""
+    from napari_nanodefect.core.segment.data import paste_bank, paste_objects
+
+    bank = paste_bank([_disk_region()])
+    assert len(bank) == 4 and all(o.mask.sum() == 113 for o in bank)  # r = 6 disk: 113 px
+    assert all(o.level == pytest.approx(0.0, abs=1e-6) for o in bank)
+    assert bank[0].delta.max() == pytest.approx(1.0, abs=0.05) and bank[0].dist.max() == pytest.approx(1.0)
+
+    def window(level=0.0):
+        img = np.full((96, 96), level, np.float32)
+        fg, dist = np.zeros_like(img), np.zeros_like(img)
+        cls, valid = np.full_like(img, -1.0), np.ones_like(img)
+        fg[:, :48] = 1.0  # an "object" over the left half: nothing may land on it
+        valid[:, 80:] = 0.0  # unannotated: nothing may land there either
+        return [img, fg, dist, cls, valid]
+
+    w = window()
+    n = paste_objects(w, bank, np.random.default_rng(0), 4)
+    img, fg, dist, cls, _ = w
+    new = (fg > 0) & (np.arange(96)[None, :] >= 48)
+    assert n >= 2 and ndi.label(new)[1] == n and new.sum() == 113 * n
+    assert not new[:, 77:].any()  # footprints (mask + 3 px) stay on training pixels
+    assert np.all(cls[new] == 0) and dist[new].max() == pytest.approx(1.0)
+    assert img[new].max() == pytest.approx(1.0, abs=0.05) and np.allclose(img[~ndi.binary_dilation(new, iterations=2)], 0.0)
+    # support far brighter than where the objects were cut: nothing with the tolerance, all without
+    assert paste_objects(window(level=5.0), bank, np.random.default_rng(0), 4) == 0
+    assert paste_objects(window(level=5.0), bank, np.random.default_rng(0), 4, tolerance=0) == n
+
+
+def test_patch_sampler_pastes_only_when_asked():
+    """paste=0 (the default) draws exactly the patches it drew before (no extra random
+    draws); paste=1 puts more object pixels into the patches."""
+    from napari_nanodefect.core.segment.data import PatchSampler
+
+    reg = _disk_region()
+    a, b = PatchSampler([reg], patch=48, seed=3), PatchSampler([reg], patch=48, seed=3, paste=0.0)
+    for _ in range(3):
+        ba, bb = a.batch(4), b.batch(4)
+        assert all(torch.equal(ba[k], bb[k]) for k in ba)
+    plain = PatchSampler([reg], patch=48, seed=3).batch(64)["fg"].mean()
+    pasted = PatchSampler([reg], patch=48, seed=3, paste=1.0).batch(64)["fg"].mean()
+    assert pasted > plain * 1.1
+    with pytest.raises(ValueError, match="paste"):
+        PatchSampler([reg], paste=1.5)
+
+
+def test_train_records_copy_paste(tmp_path):
+    s = make_particles(shape=(256, 256), n=40, seed=3)
+    item = TrainingImage(_crop_set(s, [Crop(0, 0, 256, 256)]), s.image, None)
+    res = train([item], None, base=None, config=ModelConfig(**TINY), epochs=1, batch_size=4, patch=64, paste=0.5)
+    assert res.summary["paste"] == 0.5 and res.summary["iterations"] >= 1

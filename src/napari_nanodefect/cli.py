@@ -151,7 +151,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     res = train(args.annotations, args.out, base=base, images=args.images, time_budget_s=budget, epochs=args.epochs,
                 device=args.device, seed=args.seed, progress=None if args.quiet else report,
-                background_size=args.background_size, keep=args.keep, rehearsal=args.rehearsal)
+                background_size=args.background_size, keep=args.keep, rehearsal=args.rehearsal, paste=args.paste)
     s = res.summary
     kept = "final weights" if s["kept"] == "last" else f"best checkpoint (iteration {s['best_iteration']})"
     print(f"saved {res.path}: {s['iterations']} iterations in {s['loop_seconds']:.1f} s on {s['device']}, "
@@ -505,6 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="particles: synthetic micrographs mixed into the training patches so a short fine-tune "
                         "keeps what the starter knew (default 'auto': 8 when fine-tuning the starter on one "
                         "class, else 0; 0 = off)")
+    s.add_argument("--paste", type=float, default=0.0, metavar="P",
+                   help="particles: probability that a training patch gets 1-4 labelled particles pasted in "
+                        "(copy-paste augmentation onto support like their own; default 0 = off)")
     s.add_argument("--classes", default=None, metavar="A,B,...",
                    help="defects/classify: class names in order (default: the labels found)")
     s.add_argument("--line-width-nm", type=float, default=None, metavar="NM",

@@ -153,7 +153,10 @@ class PatchSampler:
 
     def __init__(self, regions: list[Region], patch: int = 128, seed: int = 0, scale_jitter: float = 0.25,
                  augment: bool = True, invert_p: float = 0.0, class_balance: float = 0.5,
-                 weights: Sequence[float] | None = None):
+                 weights: Sequence[float] | None = None, paste: float = 0.0, paste_max: int = 4,
+                 paste_tolerance: float = 1.0):
+        if not 0.0 <= paste <= 1.0:
+            raise ValueError(f"paste must be a probability in [0, 1], got {paste!r}")
         self.regions = [r for r in regions if r.train.any()]
         if not self.regions:
             raise NanodefectError("no annotated training area: draw at least one crop with objects inside")
@@ -176,6 +179,8 @@ class PatchSampler:
         self.class_pixels = {c: (np.concatenate([np.full(len(f), k) for k, f in lst]), np.concatenate([f for _, f in lst]))
                              for c, lst in per.items()}
         self.class_balance = float(class_balance) if len(self.class_pixels) >= 2 else 0.0
+        self.paste, self.paste_max, self.paste_tolerance = float(paste), max(1, int(paste_max)), float(paste_tolerance)
+        self.bank = paste_bank(self.regions) if self.paste > 0 else []
 
     def _one(self) -> tuple[np.ndarray, ...]:
         if self.class_balance and self.rng.random() < self.class_balance:
@@ -192,6 +197,8 @@ class PatchSampler:
         y0, x0 = cy - size // 2 + int(self.rng.integers(-size // 4, size // 4 + 1)), cx - size // 2 + int(self.rng.integers(-size // 4, size // 4 + 1))
         stack = [r.image, r.fg, r.dist, r.cls.astype(np.float32), r.train.astype(np.float32)]
         out = [_window_pad(a, y0, x0, size, fill) for a, fill in zip(stack, (0.0, 0.0, 0.0, -1.0, 0.0))]
+        if self.bank and self.rng.random() < self.paste:
+            paste_objects(out, self.bank, self.rng, int(self.rng.integers(1, self.paste_max + 1)), self.paste_tolerance)
         return tuple(out)
 
     def batch(self, n: int) -> dict[str, torch.Tensor]:
@@ -205,6 +212,88 @@ class PatchSampler:
             img, fg, dist, cls, valid = _geometric(self.rng, img, fg, dist, cls, valid)
             img = _photometric(self.rng, img, self.invert_p)
         return {"image": img, "fg": fg, "dist": dist, "cls": cls.long(), "valid": valid}
+
+
+@dataclass
+class Pasteable:
+    """A labelled object cut out for pasting: its contrast over its surroundings."""
+
+    delta: np.ndarray  #: image minus the median of its ring, soft-edged (float32)
+    mask: np.ndarray  #: bool
+    dist: np.ndarray  #: float32 target inside the mask
+    cls: np.ndarray  #: float32 class index inside the mask, -1 elsewhere
+    footprint: np.ndarray  #: bool: the mask grown by RING_PX (must land on free training pixels)
+    ring: np.ndarray  #: bool: the footprint's ring, where the support level is measured
+    level: float  #: the median of the image on the ring where it was cut
+    spread: float  #: the standard deviation there
+
+
+PASTE_RING_PX = 3
+PASTE_MAX_SIDE = 80
+
+
+def paste_bank(regions: Sequence[Region]) -> list[Pasteable]:
+    """Every labelled object lying wholly on training pixels (at least 9 px, at most
+    :data:`PASTE_MAX_SIDE` px a side, with a ring of at least 8 pixels clear of other
+    objects), cut out for :func:`paste_objects`."""
+    bank = []
+    m = PASTE_RING_PX + 1
+    for r in regions:
+        lab = r.labels
+        if lab is None or lab.size == 0 or lab.max() == 0:
+            continue
+        for i, sl in enumerate(ndi.find_objects(lab)):
+            if sl is None:
+                continue
+            y0, y1 = max(sl[0].start - m, 0), min(sl[0].stop + m, lab.shape[0])
+            x0, x1 = max(sl[1].start - m, 0), min(sl[1].stop + m, lab.shape[1])
+            sub = lab[y0:y1, x0:x1]
+            mask = sub == i + 1
+            if mask.sum() < 9 or max(mask.shape) > PASTE_MAX_SIDE or not r.train[y0:y1, x0:x1][mask].all():
+                continue
+            foot = ndi.binary_dilation(mask, iterations=PASTE_RING_PX)
+            ring = foot & ~ndi.binary_dilation(sub > 0, iterations=1)
+            if ring.sum() < 8:
+                continue
+            img = r.image[y0:y1, x0:x1]
+            level = float(np.median(img[ring]))
+            soft = np.clip(ndi.gaussian_filter(mask.astype(np.float32), 0.8), 0.0, 1.0)
+            bank.append(Pasteable(((img - level) * soft).astype(np.float32), mask, (r.dist[y0:y1, x0:x1] * mask).astype(np.float32),
+                                  np.where(mask, r.cls[y0:y1, x0:x1], -1).astype(np.float32), foot, ring, level,
+                                  float(np.std(img[ring])) + 1e-3))
+    return bank
+
+
+def paste_objects(window: list[np.ndarray], bank: Sequence[Pasteable], rng: np.random.Generator, n: int,
+                  tolerance: float = 1.0, tries: int = 6) -> int:
+    """Copy-paste augmentation, in place on ``window`` = ``[image, fg, dist, cls, valid]``
+    of one patch: up to ``n`` objects drawn from ``bank`` are added (their contrast over
+    their ring's median) at random spots whose footprint lies wholly on training pixels,
+    touches no object, and whose ring median is within ``tolerance`` times the object's
+    own ring spread of the level it was cut from (so a particle goes onto support like
+    its own, not onto a clump; ``tolerance`` <= 0: anywhere free). Returns how many were pasted."""
+    img, fg, dist, cls, valid = window
+    S0, S1 = img.shape
+    done = 0
+    for _ in range(n):
+        o = bank[int(rng.integers(len(bank)))]
+        h, w = o.mask.shape
+        if h >= S0 or w >= S1:
+            continue
+        for _t in range(tries):
+            y, x = int(rng.integers(0, S0 - h)), int(rng.integers(0, S1 - w))
+            win = (slice(y, y + h), slice(x, x + w))
+            if not (valid[win][o.footprint] > 0).all() or (fg[win][o.footprint] > 0).any():
+                continue
+            if tolerance > 0 and abs(float(np.median(img[win][o.ring])) - o.level) > tolerance * o.spread:
+                continue
+            img[win] += o.delta
+            fg[win][o.mask] = 1.0
+            dist[win][o.mask] = o.dist[o.mask]
+            cls[win][o.mask] = o.cls[o.mask]
+            done += 1
+            break
+    return done
 
 
 def _window_pad(a: np.ndarray, y0: int, x0: int, size: int, fill: float) -> np.ndarray:

@@ -263,6 +263,7 @@ def train(
     background_size: float | None = None,
     keep: str = "auto",
     rehearsal: int | str = "auto",
+    paste: float = 0.0,
 ) -> TrainResult:
     """Train a particle model on annotated crops; see the module docstring.
 
@@ -290,6 +291,9 @@ def train(
     centre :data:`~.rehearsal.REHEARSAL_SHARE` of the training patches, however large the
     crops, and are left out of the validation; an epoch grows so that it still draws the
     crops ~4 times.
+    ``paste``: the probability that a training patch gets 1–4 labelled particles pasted
+    in (copy-paste augmentation, :func:`~.data.paste_objects`: onto free training pixels
+    whose support level matches the particle's own); 0 (the default) = off.
     """
     if not (rehearsal == "auto" or (isinstance(rehearsal, (int, np.integer)) and not isinstance(rehearsal, bool) and rehearsal >= 0)):
         raise ValueError(f"rehearsal must be 'auto' or a number of images >= 0, got {rehearsal!r}")
@@ -335,7 +339,7 @@ def train(
         f = REHEARSAL_SHARE / (1 - REHEARSAL_SHARE) * epoch_area / max(a_syn, 1.0)
         weights = [1.0] * len(regions) + [f] * len(synthetic)
     sampler = PatchSampler(regions + synthetic, patch=patch, seed=seed, scale_jitter=scale_jitter, invert_p=invert_p,
-                           weights=weights)
+                           weights=weights, paste=paste)
 
     module = build_model(cfg, encoder_weights=None if base_model is not None else "auto")
     if base_model is not None:
@@ -380,6 +384,7 @@ def train(
         "n_crops": int(sum(len(it_.annotations.crops) for it_ in items)),
         "scales": [round(s, 4) for s in scales],
         "rehearsal_images": len(synthetic),
+        "paste": paste,
         "cancelled": cancelled,
         "package_version": __version__,
     }
